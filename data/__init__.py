@@ -1,0 +1,1 @@
+"""Datasets, image I/O and face geometry. Nothing runs on import."""

@@ -1,0 +1,166 @@
+"""The paired dataset format every stage reads or writes.
+
+    ROOT/source/NAME.{png,jpg}   the plain face
+    ROOT/target/NAME.{png,jpg}   the same face with makeup
+    ROOT/mask/NAME.png           optional uint8 makeup-region labels (see MAKEUP_LABELS)
+
+Pairs match by NAME. Bad data is reported by name and skipped; a missing or empty dataset raises
+`DatasetError` before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.io import ImageReadError, list_images, read_labels, read_rgb, resize_labels, resize_rgb
+
+# The makeup-region map (the `mask/` folder): what FGMM weights and the eyeliner loss focuses on.
+BACKGROUND, EYE, LIPS, SKIN = 0, 1, 2, 3
+MAKEUP_LABELS = {"background": BACKGROUND, "eyes": EYE, "lips": LIPS, "skin": SKIN}
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be used at all (missing folder, no pairs). The message names the path."""
+
+
+@dataclass
+class Pair:
+    name: str
+    source: Path
+    target: Path
+    mask: Path | None = None
+
+
+@dataclass
+class ScanResult:
+    pairs: list[Pair]
+    skipped: list[str] = field(default_factory=list)  # one line per skipped file: path and reason
+    warnings: list[str] = field(default_factory=list)  # kept pairs with a problem (e.g. unreadable mask)
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in list_images(folder):
+        found.setdefault(path.stem, path)  # NAME.png wins over NAME.jpg by sort order
+    return found
+
+
+def _check_readable(path: Path) -> str | None:
+    try:
+        read_labels(path) if path.parent.name == "mask" else read_rgb(path)
+    except ImageReadError as err:
+        return str(err)
+    return None
+
+
+def scan_pairs(root: str | os.PathLike, verify: bool = True, workers: int = 4) -> ScanResult:
+    """Match source/target/mask by name. With `verify`, decode every file once to catch corrupt ones."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    source_dir, target_dir, mask_dir = root / "source", root / "target", root / "mask"
+    for folder in (source_dir, target_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"dataset folder {root} has no {folder.name}/ subfolder (expected source/ and target/)")
+    sources, targets = _by_stem(source_dir), _by_stem(target_dir)
+    masks = _by_stem(mask_dir) if mask_dir.is_dir() else {}
+
+    result = ScanResult(pairs=[])
+    for name in sorted(set(sources) - set(targets)):
+        result.skipped.append(f"{sources[name]}: no matching target/{name}.*")
+    for name in sorted(set(targets) - set(sources)):
+        result.skipped.append(f"{targets[name]}: no matching source/{name}.*")
+    candidates = [Pair(n, sources[n], targets[n], masks.get(n)) for n in sorted(set(sources) & set(targets))]
+
+    if verify and candidates:
+        files = [p for pair in candidates for p in (pair.source, pair.target, pair.mask) if p is not None]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            errors = dict(zip(files, pool.map(_check_readable, files)))
+        kept = []
+        for pair in candidates:
+            bad = [errors[p] for p in (pair.source, pair.target) if errors[p]]
+            if bad:
+                result.skipped.extend(bad)
+                continue
+            if pair.mask is not None and errors[pair.mask]:
+                result.warnings.append(f"{errors[pair.mask]} (pair {pair.name} kept without a mask)")
+                pair.mask = None
+            kept.append(pair)
+        candidates = kept
+    result.pairs = candidates
+    if not result.pairs:
+        detail = f"; {len(result.skipped)} file(s) skipped, e.g. {result.skipped[0]}" if result.skipped else ""
+        raise DatasetError(f"no usable pairs in {root} (expected source/NAME.png and target/NAME.png){detail}")
+    return result
+
+
+def split_names(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split from the seed: the same names and seed, the same split."""
+    ordered = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    n_val = int(round(len(ordered) * val_fraction))
+    if val_fraction > 0 and len(ordered) > 1:
+        n_val = min(max(n_val, 1), len(ordered) - 1)
+    val = sorted(ordered[i] for i in order[:n_val])
+    train = sorted(ordered[i] for i in order[n_val:])
+    return train, val
+
+
+def write_split(path: str | os.PathLike, train: list[str], val: list[str], seed: int) -> None:
+    from common import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"seed": seed, "train": train, "val": val}, indent=1))
+
+
+class PairedDataset(Dataset):
+    """Pairs at `size` x `size`: source/target (3, H, W) in [-1, 1], mask (H, W) int64, has_mask bool.
+
+    `hflip` flips source, target and mask together with probability 0.5. `cache` keeps the resized
+    uint8 arrays in memory after the first read (a few hundred pairs fit easily; thousands at 256
+    take about 400 KB a pair).
+    """
+
+    def __init__(self, pairs: list[Pair], size: int, hflip: bool = False, cache: bool = False):
+        self.pairs, self.size, self.hflip, self.cache = list(pairs), int(size), hflip, cache
+        self._memory: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if index in self._memory:
+            return self._memory[index]
+        pair = self.pairs[index]
+        source = resize_rgb(read_rgb(pair.source), self.size)
+        target = resize_rgb(read_rgb(pair.target), self.size)
+        mask = resize_labels(read_labels(pair.mask), self.size) if pair.mask is not None else None
+        if self.cache:
+            self._memory[index] = (source, target, mask)
+        return source, target, mask
+
+    def __getitem__(self, index: int) -> dict:
+        source, target, mask = self.load_arrays(index)
+        has_mask = mask is not None
+        if mask is None:
+            mask = np.zeros(source.shape[:2], np.uint8)
+        if self.hflip and torch.rand(()) < 0.5:
+            source, target, mask = source[:, ::-1], target[:, ::-1], mask[:, ::-1]
+
+        def to_tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+        return {
+            "name": self.pairs[index].name,
+            "source": to_tensor(source),  # (3, H, W) in [-1, 1]
+            "target": to_tensor(target),  # (3, H, W) in [-1, 1]
+            "mask": torch.from_numpy(np.array(mask)).long(),  # (H, W) makeup labels
+            "has_mask": torch.tensor(has_mask),
+        }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Make .venv (or $VENV) with torch first, then requirements.txt. Safe to run again: it only
+# installs what is missing. Set TORCH_SPEC to pick another torch build (e.g. a CUDA 12 one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+# torch before the rest: otherwise pip resolves `torch` itself and may pull a multi-GB CUDA build.
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+"$VENV/bin/python" -m pip install -q -r requirements.txt
+"$VENV/bin/python" -m pip check
+echo "environment ready: $VENV"

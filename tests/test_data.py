@@ -1,0 +1,98 @@
+"""The paired dataset format and every bad-data case named in issue 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.io import read_rgb
+from data.paired import DatasetError, PairedDataset, scan_pairs, split_names
+
+
+def test_scan_matches_by_name_and_loads(synthetic_pairs):
+    result = scan_pairs(synthetic_pairs)
+    assert len(result.pairs) == 6 and not result.skipped
+    item = PairedDataset(result.pairs, size=32)[0]
+    assert item["source"].shape == (3, 32, 32) and item["target"].shape == (3, 32, 32)
+    assert item["mask"].shape == (32, 32) and set(item["mask"].unique().tolist()) <= {0, 1, 2, 3}
+    assert item["source"].min() >= -1 and item["source"].max() <= 1
+    assert bool(item["has_mask"])
+
+
+def test_unmatched_and_corrupt_files_are_skipped_by_name(synthetic_pairs):
+    (synthetic_pairs / "target" / "face000.png").unlink()
+    Image.new("RGB", (8, 8)).save(synthetic_pairs / "target" / "orphan.png")
+    (synthetic_pairs / "source" / "face001.png").write_bytes(b"not an image")
+    data = (synthetic_pairs / "target" / "face002.png").read_bytes()
+    (synthetic_pairs / "target" / "face002.png").write_bytes(data[: len(data) // 3])  # truncated
+    result = scan_pairs(synthetic_pairs)
+    assert [p.name for p in result.pairs] == ["face003", "face004", "face005"]
+    text = "\n".join(result.skipped)
+    for name in ("face000.png", "orphan.png", "face001.png", "face002.png"):
+        assert name in text
+    assert len(result.skipped) == 4
+
+
+def test_corrupt_mask_keeps_pair_without_mask(synthetic_pairs):
+    (synthetic_pairs / "mask" / "face003.png").write_bytes(b"garbage")
+    result = scan_pairs(synthetic_pairs)
+    pair = next(p for p in result.pairs if p.name == "face003")
+    assert pair.mask is None and "face003.png" in result.warnings[0]
+    assert not bool(PairedDataset([pair], 16)[0]["has_mask"])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
+def test_odd_image_modes_become_rgb(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, (10, 12), dtype=np.uint16))
+    else:
+        image = Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / "x.png"
+    image.save(path)
+    array = read_rgb(path)
+    assert array.shape == (10, 12, 3) and array.dtype == np.uint8
+    if mode == "I;16":
+        assert array.max() > 200  # scaled by the 16-bit range, not clipped to 255 everywhere
+        assert array.min() < 50
+
+
+def test_missing_or_empty_dataset_stops_clearly(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        scan_pairs(tmp_path / "nowhere")
+    (tmp_path / "empty" / "source").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="target"):
+        scan_pairs(tmp_path / "empty")
+    (tmp_path / "empty" / "target").mkdir()
+    with pytest.raises(DatasetError, match="no usable pairs"):
+        scan_pairs(tmp_path / "empty")
+
+
+def test_any_size_is_resized_and_masks_stay_labels(tmp_path):
+    from tests.conftest import write_synthetic_pairs
+
+    root = write_synthetic_pairs(tmp_path / "p", n=2, size=70)
+    item = PairedDataset(scan_pairs(root).pairs, size=48)[0]
+    assert item["source"].shape == (3, 48, 48)
+    assert set(item["mask"].unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_split_is_deterministic_and_disjoint():
+    names = [f"n{i}" for i in range(50)]
+    train, val = split_names(names, 0.1, seed=3)
+    assert len(val) == 5 and not set(train) & set(val) and len(train) + len(val) == 50
+    assert split_names(list(reversed(names)), 0.1, seed=3) == (train, val)
+    assert split_names(names, 0.1, seed=4) != (train, val)
+
+
+def test_joint_flip_keeps_pairs_aligned(synthetic_pairs):
+    import torch
+
+    dataset = PairedDataset(scan_pairs(synthetic_pairs).pairs, size=32, hflip=True)
+    torch.manual_seed(0)
+    for _ in range(6):
+        item = dataset[0]
+        lips = item["mask"] == 2
+        # the lips are darkened in green in the target: the mask must still point at them
+        assert (item["target"][1][lips] < item["source"][1][lips]).float().mean() > 0.9
