@@ -1,0 +1,615 @@
+"""Stage 3: amplify a folder of plain faces into makeup pairs with the trained DDA.
+
+    python dda_amplify.py                                         # configs/dda_amplify.yaml
+    python dda_amplify.py checkpoint=dda_model/dda_final.pt input_dir=/data/ffhq output_dir=amplified/ num_images=20000
+    python dda_amplify.py styles='{lips: dda_red/dda_final.pt}'   # lips from another style, the rest from `checkpoint`
+    accelerate launch --num_processes 4 dda_amplify.py input_dir=/data/ffhq batch_size=16   # several GPUs
+    python dda_amplify.py output_dir=amplified/                   # again: resumes, skipping finished pairs
+
+For each input photo: the largest face is found, cropped and aligned (data/face_align.py), its makeup
+regions are parsed on the crop (data/face_parsing.py), the DDA paints the makeup in with img2img at
+a low strength (the official release: 0.3, 10 DDIM steps), FGMM weighting each region, and the pair
+is written in the paired format stage 4 reads unchanged (data/paired.py):
+
+    OUTPUT_DIR/source/NAME.png   the aligned plain face
+    OUTPUT_DIR/target/NAME.png   the same face with makeup (identical to source outside the makeup regions)
+    OUTPUT_DIR/mask/NAME.png     uint8 labels 0 background, 1 eyes, 2 lips, 3 skin
+    OUTPUT_DIR/manifest.jsonl    one line per pair: input, name, seed, settings, status ok|skipped, reason, seconds
+    OUTPUT_DIR/contact_sheet.png the first pairs: source | target | difference x4 | mask overlay
+    OUTPUT_DIR/summary.json      made, skipped by reason, seconds per image
+
+Determinism: every pair has its own seed (from `seed`, the input's file name and the variant) and its
+own noise generator, and the batches are cut from one global, sorted plan (process k takes batches
+k, k+N, ...), so a pair's pixels do not depend on the process count, on being resumed, or on which
+other files were bad. A rerun skips every pair whose files exist and whose manifest line says ok or
+skipped; files are written atomically, so a killed run leaves no half-written image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from tqdm import tqdm
+
+from common import (
+    REPO_ROOT,
+    WandbLogger,
+    atomic_save_image,
+    atomic_write_text,
+    from_uint8,
+    log,
+    make_grid,
+    parse_stage_args,
+    prepare_run_dir,
+    require_dir,
+    setup_logging,
+    to_uint8,
+)
+from data.io import ImageReadError, list_images, read_labels, read_rgb, resize_labels, resize_rgb
+
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "dda_amplify.yaml"
+REGIONS = ("eyes", "lips", "skin")  # FGMM regions; labels 1, 2, 3 in the mask (data/paired.py)
+SCHEDULERS = ("ddim", "euler_ancestral")
+MANIFEST = "manifest.jsonl"
+SHARD_DIR = "manifest.parts"  # one shard per process while running; merged into MANIFEST at the end
+# Settings recorded per pair: a resumed run must not mix pairs made with other values into one set.
+RECORDED_SETTINGS = ("seed", "strength", "num_steps", "scheduler", "guidance_scale", "region_weights", "style")
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: which pairs, under which names and seeds
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    index: int  # position in the global plan; batches are cut from this order
+    input: Path
+    input_name: str  # file name inside input_dir: the manifest key and the seed's source
+    name: str  # output pair name
+    variant: int
+    seed: int
+
+
+def pair_seed(seed: int, input_name: str, variant: int) -> int:
+    """A pair's own seed: stable across machines and Python runs (unlike hash())."""
+    digest = hashlib.sha256(f"{seed}/{input_name}/{variant}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31)
+
+
+def plan_jobs(input_dir: Path, num_images: int | None, variants: int, seed: int) -> list[Job]:
+    """The first `num_images` image files by name (all when -1/None), `variants` pairs each."""
+    files = list_images(input_dir)
+    if num_images is not None and num_images >= 0:
+        files = files[:num_images]
+    stems = Counter(p.stem for p in files)
+    jobs = []
+    for path in files:
+        # face.jpg and face.png in one folder would collide on NAME: keep the suffix in both names.
+        base = path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+        for variant in range(variants):
+            name = base if variants == 1 else f"{base}_v{variant:02d}"
+            jobs.append(Job(len(jobs), path, path.name, name, variant, pair_seed(seed, path.name, variant)))
+    return jobs
+
+
+def job_key(input_name: str, variant: int) -> str:
+    return f"{input_name}#{variant}"
+
+
+def my_batches(jobs: Sequence[Job], batch_size: int, process_index: int, num_processes: int) -> list[list[Job]]:
+    """Fixed batches of the global plan, dealt round robin: the same batches whatever the process count."""
+    batches = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
+    return batches[process_index::num_processes]
+
+
+# --------------------------------------------------------------------------------------------
+# One input: read, find the face, parse its makeup regions
+# --------------------------------------------------------------------------------------------
+class SkipInput(Exception):
+    """An input that gives no pair. `reason` is a short code for the summary, `detail` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class PreparedFace:
+    source: np.ndarray  # (R, R, 3) uint8, the aligned crop
+    mask: np.ndarray  # (R, R) uint8 makeup labels
+    box: list[float]
+    matrix: list[list[float]]  # (2, 3) photo -> crop affine, to paste the makeup back into the photo
+    seconds: float
+
+
+def read_photo(path: Path) -> np.ndarray:
+    try:
+        return read_rgb(path)
+    except ImageReadError as err:
+        try:
+            with Image.open(path):  # header only: does it even claim to be an image?
+                reason = "corrupt"
+        except Exception:
+            reason = "not_an_image"
+        raise SkipInput(reason, str(err)) from None
+
+
+def _box_area(box) -> float:
+    x0, y0, x1, y1 = (float(v) for v in list(box)[:4])
+    return abs(x1 - x0) * abs(y1 - y0)
+
+
+def prepare_face(path: Path, aligner, parser, resolution: int) -> PreparedFace:
+    """The largest face of the photo, aligned at `resolution`, with its makeup-region labels."""
+    start = time.perf_counter()
+    photo = read_photo(path)
+    faces = aligner.detect(photo)
+    if not faces:
+        raise SkipInput("no_face", f"{path}: no face found")
+    face = max(faces, key=lambda f: _box_area(f.box))
+    crop = np.array(resize_rgb(np.ascontiguousarray(face.crop), resolution))  # writable, own memory
+    parse = parser.parse(crop)
+    if parse is None:
+        raise SkipInput("no_face_parse", f"{path}: the face parser found no face in the aligned crop")
+    mask = resize_labels(np.asarray(parse.makeup, np.uint8), resolution)
+    if not (mask > 0).any():
+        raise SkipInput("no_makeup_region", f"{path}: no eye, lip or skin region in the aligned crop")
+    return PreparedFace(
+        source=crop,
+        mask=mask,
+        box=[round(float(v), 2) for v in list(face.box)[:4]],
+        matrix=np.asarray(face.matrix, np.float64).round(6).tolist(),
+        seconds=time.perf_counter() - start,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Generation: one DDA call per style, regions combined
+# --------------------------------------------------------------------------------------------
+def style_groups(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
+    """(checkpoint, region weights) per DDA style. Without `styles`, one group: `checkpoint`, all regions.
+
+    With `styles` ({region: checkpoint}), each style is asked only for its own regions (the others at
+    weight 0, which the DDA leaves exactly as the source), so summing the styles' changes takes each
+    region from its style: makeup combination through FGMM as in the paper.
+    """
+    weights = {r: float(cfg.region_weights[r]) for r in REGIONS}
+    owner = {r: str(cfg.checkpoint) for r in REGIONS}
+    if cfg.styles:
+        owner.update({str(r): str(ckpt) for r, ckpt in cfg.styles.items()})
+    groups = []
+    for checkpoint in dict.fromkeys(owner.values()):
+        groups.append((checkpoint, {r: (weights[r] if owner[r] == checkpoint else 0.0) for r in REGIONS}))
+    return groups
+
+
+def style_record(cfg: DictConfig) -> str | dict[str, str]:
+    groups = style_groups(cfg)
+    if len(groups) == 1:
+        return groups[0][0]
+    return {r: ckpt for ckpt, w in groups for r in REGIONS if w[r] > 0 or ckpt == str(cfg.checkpoint)}
+
+
+def generate(
+    models: dict, cfg: DictConfig, source: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int]
+) -> torch.Tensor:
+    """(B, 3, R, R) in [-1, 1] -> makeup version, same shape. Each sample's noise comes from its own seed."""
+    target = source.clone()
+    for checkpoint, weights in style_groups(cfg):
+        if not any(weights.values()):
+            continue
+        dda = models[checkpoint]
+        generators = [torch.Generator(device=source.device).manual_seed(int(s)) for s in seeds]
+        styled = dda.img2img(
+            source,
+            mask,
+            region_weights=weights,
+            strength=float(cfg.strength),
+            num_steps=int(cfg.num_steps),
+            scheduler=str(cfg.scheduler),
+            guidance_scale=float(cfg.guidance_scale),
+            generator=generators,
+        )
+        target = target + (styled.float() - source)  # each style changes only its own regions
+    return target.clamp(-1, 1)
+
+
+def keep_source_outside_makeup(source: np.ndarray, target: np.ndarray, mask: np.ndarray, weights: dict) -> np.ndarray:
+    """Background and weight-0 regions copied from the source, bit for bit.
+
+    The DDA already does this in fp32; in fp16 the VAE round trip may not, and stage 4's pixel
+    losses must see identical pixels there (the official release copies the source back as well).
+    """
+    keep = mask == 0
+    for label, region in enumerate(REGIONS, start=1):
+        if weights[region] == 0:
+            keep |= mask == label
+    out = target.copy()
+    out[keep] = source[keep]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest: per-process shards while running, merged at the end; read back on resume
+# --------------------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    if not path.is_file():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: its pair is simply made again
+    return records
+
+
+def load_manifest(out_dir: Path) -> dict[str, dict]:
+    """Every recorded pair by key (merged manifest first, then shards; later lines win)."""
+    records: dict[str, dict] = {}
+    shard_paths = sorted((out_dir / SHARD_DIR).glob("*.jsonl")) if (out_dir / SHARD_DIR).is_dir() else []
+    for path in [out_dir / MANIFEST, *shard_paths]:
+        for record in _read_jsonl(path):
+            records[job_key(record["input"], record["variant"])] = record
+    return records
+
+
+def pair_files(out_dir: Path, name: str) -> list[Path]:
+    return [out_dir / sub / f"{name}.png" for sub in ("source", "target", "mask")]
+
+
+def is_done(record: dict | None, out_dir: Path) -> bool:
+    if record is None:
+        return False
+    if record["status"] == "skipped":
+        return True
+    return record["status"] == "ok" and all(p.is_file() for p in pair_files(out_dir, record["name"]))
+
+
+class ShardWriter:
+    """Appends manifest lines for one process; each line is flushed to disk after its pair's files."""
+
+    def __init__(self, out_dir: Path, process_index: int):
+        path = out_dir / SHARD_DIR / f"rank{process_index:03d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a")  # noqa: SIM115 (closed in close())
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self.file.write("\n")  # a line cut short by a kill stays on its own (unparseable) line
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def merge_manifest(out_dir: Path, jobs: Sequence[Job]) -> list[dict]:
+    """manifest.jsonl in plan order (pairs from earlier, larger plans after), then the shards removed."""
+    records = load_manifest(out_dir)
+    order = {job_key(j.input_name, j.variant): j.index for j in jobs}
+    merged = sorted(records.values(), key=lambda r: (order.get(job_key(r["input"], r["variant"]), math.inf), r["name"]))
+    atomic_write_text(out_dir / MANIFEST, "".join(json.dumps(r) + "\n" for r in merged))
+    shard_dir = out_dir / SHARD_DIR
+    if shard_dir.is_dir():
+        for path in shard_dir.glob("*.jsonl"):
+            path.unlink()
+        shard_dir.rmdir()
+    return merged
+
+
+def check_settings(records: dict[str, dict], jobs: Sequence[Job], settings: dict, out_dir: Path) -> None:
+    """Stop before mixing pairs made with other settings into the same output folder."""
+    for job in jobs:
+        record = records.get(job_key(job.input_name, job.variant))
+        if record is None or record["status"] != "ok":
+            continue
+        wanted = dict(settings, seed=job.seed)
+        for key in RECORDED_SETTINGS:
+            if record.get(key) != wanted[key]:
+                raise SystemExit(
+                    f"error: {out_dir} holds pairs made with {key}={record.get(key)!r} (e.g. {record['name']}), "
+                    f"not {wanted[key]!r}: use a new output_dir or the same settings to resume"
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def run_settings(cfg: DictConfig, resolution: int) -> dict:
+    return {
+        "strength": float(cfg.strength),
+        "num_steps": int(cfg.num_steps),
+        "scheduler": str(cfg.scheduler),
+        "guidance_scale": float(cfg.guidance_scale),
+        "region_weights": {r: float(cfg.region_weights[r]) for r in REGIONS},
+        "style": style_record(cfg),
+        "resolution": int(resolution),
+    }
+
+
+def write_pair(out_dir: Path, name: str, face: PreparedFace, target: np.ndarray) -> None:
+    source_path, target_path, mask_path = pair_files(out_dir, name)
+    atomic_save_image(face.source, source_path)
+    atomic_save_image(face.mask, mask_path)
+    atomic_save_image(target, target_path)  # last: a pair counts as written once its target exists
+
+
+def amplify_batch(batch: list[Job], ctx: dict) -> tuple[list[dict], float]:
+    """Prepare, generate and write one batch; returns the manifest records of its pending pairs.
+
+    The whole batch is generated even when some of its pairs exist already, so that a resumed batch
+    holds the same faces as the first attempt; only the pending pairs are written.
+    """
+    cfg, out_dir, device, resolution = ctx["cfg"], ctx["out_dir"], ctx["device"], ctx["resolution"]
+    prepared: dict[str, PreparedFace | SkipInput] = {}
+    for job in batch:
+        if job.input_name in prepared:
+            continue
+        try:
+            prepared[job.input_name] = prepare_face(job.input, ctx["aligner"], ctx["parser"], resolution)
+        except SkipInput as skip:
+            prepared[job.input_name] = skip
+        except Exception as err:  # one odd photo must not end a 20,000-image run; logged and recorded
+            log.warning("%s: face detection failed: %r", job.input, err)
+            prepared[job.input_name] = SkipInput("error", f"{job.input}: {type(err).__name__}: {err}")
+
+    valid = [job for job in batch if isinstance(prepared[job.input_name], PreparedFace)]
+    targets: list[np.ndarray] = []
+    dda_seconds = 0.0
+    if valid:
+        start = time.perf_counter()
+        source = torch.stack([from_uint8(prepared[j.input_name].source) for j in valid]).to(device)  # (B, 3, R, R)
+        mask = torch.stack([torch.from_numpy(prepared[j.input_name].mask).long() for j in valid]).to(
+            device
+        )  # (B, R, R)
+        with torch.no_grad():
+            target = generate(ctx["models"], cfg, source, mask, [j.seed for j in valid])
+        weights = ctx["settings"]["region_weights"]
+        for job, image in zip(valid, to_uint8(target)):
+            face = prepared[job.input_name]
+            targets.append(keep_source_outside_makeup(face.source, image, face.mask, weights))
+        dda_seconds = time.perf_counter() - start
+
+    records = []
+    by_job = dict(zip((j.index for j in valid), targets))
+    for job in batch:
+        if job.index not in ctx["pending"]:
+            continue
+        face = prepared[job.input_name]
+        record = {"input": job.input_name, "name": job.name, "variant": job.variant, "seed": job.seed}
+        record.update(ctx["settings"])
+        if isinstance(face, PreparedFace):
+            write_pair(out_dir, job.name, face, by_job[job.index])
+            seconds = face.seconds / sum(j.input_name == job.input_name for j in valid) + dda_seconds / len(valid)
+            record.update(status="ok", reason=None, detail=None, box=face.box, matrix=face.matrix)
+        else:
+            seconds = 0.0
+            record.update(status="skipped", reason=face.reason, detail=face.detail)
+        record["seconds"] = round(seconds, 4)
+        records.append(record)
+    return records, dda_seconds
+
+
+def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolution: int) -> dict:
+    """Run the plan's share of this process; the main process merges and summarises. Returns the summary."""
+    start = time.perf_counter()
+    out_dir = Path(cfg.output_dir)
+    jobs = plan_jobs(Path(cfg.input_dir), cfg.num_images, int(cfg.variants_per_face), int(cfg.seed))
+    if not jobs:
+        raise SystemExit(f"error: no images in {cfg.input_dir} (config key 'input_dir')")
+    settings = run_settings(cfg, resolution)
+    records = load_manifest(out_dir)
+    check_settings(records, jobs, settings, out_dir)
+    accelerator.wait_for_everyone()  # everyone has read the old shards before any process appends
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    batches = my_batches(jobs, int(cfg.batch_size), rank, world)
+    pending = {
+        j.index for b in batches for j in b if not is_done(records.get(job_key(j.input_name, j.variant)), out_dir)
+    }
+    limit = int(cfg.max_new_pairs)
+    limit = math.inf if limit < 0 else math.ceil(limit / world)
+    ctx = dict(cfg=cfg, out_dir=out_dir, device=accelerator.device, resolution=resolution, models=models)
+    ctx.update(aligner=aligner, parser=parser, settings=settings, pending=pending)
+    if accelerator.is_main_process:
+        log.info("%d pairs planned from %s; %d to make (%d processes)", len(jobs), cfg.input_dir, len(pending), world)
+
+    shard = ShardWriter(out_dir, rank)
+    made, skipped_now, dda_seconds = 0, 0, 0.0
+    bar = tqdm(batches, desc=f"amplify {rank + 1}/{world}", unit="batch", disable=not accelerator.is_local_main_process)
+    for batch in bar:
+        if made >= limit:
+            break
+        if not any(j.index in pending for j in batch):
+            continue
+        batch_records, seconds = amplify_batch(batch, ctx)
+        dda_seconds += seconds
+        for record in batch_records:
+            if record["status"] == "ok" and made >= limit:
+                break  # unwritten pairs stay pending; the same batch makes them next run
+            shard.write(record)
+            made += record["status"] == "ok"
+            skipped_now += record["status"] == "skipped"
+        bar.set_postfix(made=made, skipped=skipped_now)
+    shard.close()
+
+    from accelerate.utils import gather_object
+
+    counts = gather_object([{"made": made, "skipped": skipped_now, "dda_seconds": dda_seconds}])
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return {}
+    merged = merge_manifest(out_dir, jobs)
+    return finish(cfg, jobs, merged, counts, time.perf_counter() - start, world, resolution)
+
+
+# --------------------------------------------------------------------------------------------
+# Contact sheet and summary
+# --------------------------------------------------------------------------------------------
+MASK_COLOURS = {1: (60, 110, 255), 2: (255, 30, 80), 3: (70, 200, 90)}  # eyes, lips, skin
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = image.astype(np.float32)
+    for label, colour in MASK_COLOURS.items():
+        alpha = 0.25 if label == 3 else 0.55
+        region = mask == label
+        out[region] = (1 - alpha) * out[region] + alpha * np.asarray(colour, np.float32)
+    return out.round().astype(np.uint8)
+
+
+def write_contact_sheet(out_dir: Path, records: Sequence[dict], count: int) -> Path | None:
+    rows = []
+    for record in [r for r in records if r["status"] == "ok"][:count]:
+        source_path, target_path, mask_path = pair_files(out_dir, record["name"])
+        source, target, mask = read_rgb(source_path), read_rgb(target_path), read_labels(mask_path)
+        difference = np.clip((target.astype(np.int16) - source) * 4 + 128, 0, 255).astype(np.uint8)
+        rows.append([source, target, difference, mask_overlay(source, mask)])
+    if not rows:
+        return None
+    sheet = make_grid(rows, labels=["source", "target", "difference x4", "mask"])
+    return atomic_save_image(sheet, out_dir / "contact_sheet.png")
+
+
+def finish(cfg, jobs, merged, counts, seconds, world, resolution) -> dict:
+    out_dir = Path(cfg.output_dir)
+    planned = {job_key(j.input_name, j.variant) for j in jobs}
+    in_plan = [r for r in merged if job_key(r["input"], r["variant"]) in planned]
+    ok = sum(r["status"] == "ok" for r in in_plan)
+    skipped = Counter(r["reason"] for r in in_plan if r["status"] == "skipped")
+    made = sum(c["made"] for c in counts)
+    sheet = write_contact_sheet(out_dir, in_plan, int(cfg.contact_sheet_count))
+    summary = {
+        "stage": "dda_amplify",
+        "input_dir": str(cfg.input_dir),
+        "inputs": len({j.input_name for j in jobs}),
+        "planned_pairs": len(jobs),
+        "pairs": ok,
+        "made": made,
+        "resumed": ok - made,
+        "skipped": sum(skipped.values()),
+        "skipped_by_reason": dict(sorted(skipped.items())),
+        "remaining": len(jobs) - ok - sum(skipped.values()),
+        "seconds": round(seconds, 2),
+        "seconds_per_image": round(seconds / made, 4) if made else None,
+        "images_per_second": round(made / seconds, 4) if made else None,
+        "dda_seconds_per_image": round(sum(c["dda_seconds"] for c in counts) / made, 4) if made else None,
+        "num_processes": world,
+        "batch_size": int(cfg.batch_size),
+        "resolution": int(resolution),
+        "checkpoint": str(cfg.checkpoint),
+        **{k: v for k, v in run_settings(cfg, resolution).items() if k != "resolution"},
+        "variants_per_face": int(cfg.variants_per_face),
+        "manifest": str(out_dir / MANIFEST),
+        "contact_sheet": str(sheet) if sheet else None,
+    }
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    log.info(
+        "made %d pairs (%d in the set, %d resumed), skipped %d %s, %s s/image, %d left",
+        made,
+        ok,
+        summary["resumed"],
+        summary["skipped"],
+        summary["skipped_by_reason"],
+        summary["seconds_per_image"],
+        summary["remaining"],
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Building the models
+# --------------------------------------------------------------------------------------------
+def check_config(cfg: DictConfig) -> None:
+    def bad(key: str, why: str) -> SystemExit:
+        return SystemExit(f"error: config key '{key}' {why}")
+
+    if str(cfg.scheduler) not in SCHEDULERS:
+        raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)}, not '{cfg.scheduler}'")
+    if not 0 < float(cfg.strength) <= 1:
+        raise bad("strength", f"must be in (0, 1], not {cfg.strength}")
+    for key in ("num_steps", "batch_size", "variants_per_face"):
+        if int(cfg[key]) < 1:
+            raise bad(key, f"must be at least 1, not {cfg[key]}")
+    if set(cfg.region_weights) != set(REGIONS) or any(float(v) < 0 for v in cfg.region_weights.values()):
+        raise bad("region_weights", f"needs {', '.join(REGIONS)}, each >= 0 (got {dict(cfg.region_weights)})")
+    if cfg.styles is not None:
+        if not hasattr(cfg.styles, "items") or not set(cfg.styles) <= set(REGIONS):
+            raise bad("styles", f"must map regions ({', '.join(REGIONS)}) to DDA checkpoints (got {cfg.styles})")
+    for checkpoint, _ in style_groups(cfg):
+        if not Path(checkpoint).exists():
+            key = "checkpoint" if checkpoint == str(cfg.checkpoint) else "styles"
+            raise bad(key, f"names a DDA checkpoint that does not exist: {checkpoint}")
+    require_dir(cfg.input_dir, "input folder", "input_dir")
+
+
+def model_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in ("float32", "float16", "bfloat16"):
+        raise SystemExit(f"error: config key 'model.dtype' must be auto, float32, float16 or bfloat16, not '{name}'")
+    return getattr(torch, name)
+
+
+def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
+    """One DDA per distinct style checkpoint, and the output resolution (the DDA's when not set)."""
+    from models.dda import load_dda
+
+    dtype = model_dtype(str(cfg.model.dtype), device)
+    models = {}
+    for checkpoint, _ in style_groups(cfg):
+        models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
+    resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)
+    return models, resolution
+
+
+def build_face_tools(cfg: DictConfig, resolution: int):
+    from data.face_align import FaceAligner
+
+    from data.face_parsing import FaceParser
+
+    aligner = FaceAligner(size=resolution, margin=float(cfg.face.margin), max_faces=int(cfg.face.max_faces))
+    return aligner, FaceParser()
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from accelerate import Accelerator
+
+    _, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
+    check_config(cfg)
+    accelerator = Accelerator()
+    if accelerator.is_main_process:
+        prepare_run_dir(cfg, log_name="amplify.log")
+    else:
+        setup_logging(level=logging.WARNING)
+    torch.manual_seed(int(cfg.seed))  # nothing should draw from it (pairs have their own generators)
+    models, resolution = build_models(cfg, accelerator.device)
+    aligner, parser = build_face_tools(cfg, resolution)
+    wandb = WandbLogger(cfg, cfg.output_dir, name="dda_amplify") if accelerator.is_main_process else None
+    summary = amplify(cfg, accelerator, models, aligner, parser, resolution)
+    if wandb is not None:
+        metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+        if summary.get("contact_sheet"):
+            metrics["contact_sheet"] = wandb.image(summary["contact_sheet"])
+        wandb.log(metrics)
+        wandb.finish()
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    main()

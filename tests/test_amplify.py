@@ -1,0 +1,404 @@
+"""Stage 3 (dda_amplify.py): plan, seeds, resume, process split, bad files, region weights, output format.
+
+The machinery is tested with a fake DDA, aligner and parser (same call signatures as the real ones,
+fast and exact), so that these tests hold whatever the models do; the tests at the end run the real
+script with the tiny SD DDA and the real face tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dda_amplify as amp
+from common import load_config
+from data.io import read_labels, read_rgb
+from data.paired import PairedDataset, scan_pairs
+from tests.conftest import REPO, SHARED_DATA
+
+RES = 64
+
+
+# --------------------------------------------------------------------------------------------
+# Fakes with the real signatures
+# --------------------------------------------------------------------------------------------
+class FakeDDA:
+    """img2img that changes each makeup region by its weight, with noise from the caller's generators.
+
+    `leak` also nudges the background, as an fp16 VAE round trip might: the stage must undo that.
+    """
+
+    resolution = RES
+
+    def __init__(self, shift: float = 0.0, leak: float = 0.0, delay: float = 0.0):
+        self.shift, self.leak, self.delay, self.calls = shift, leak, delay, []
+
+    def img2img(
+        self,
+        source,
+        makeup_mask,
+        *,
+        region_weights=None,
+        strength=0.3,
+        num_steps=10,
+        scheduler="ddim",
+        guidance_scale=1.0,
+        generator=None,
+    ):
+        self.calls.append(dict(batch=source.shape[0], region_weights=dict(region_weights), strength=strength))
+        time.sleep(self.delay)
+        generators = generator if isinstance(generator, list) else [generator] * source.shape[0]
+        noise = torch.stack([torch.randn(source.shape[1:], generator=g) for g in generators])  # (B, 3, H, W)
+        weight = torch.zeros_like(makeup_mask, dtype=source.dtype)
+        for label, region in enumerate(amp.REGIONS, start=1):
+            weight[makeup_mask == label] = float(region_weights[region])
+        change = strength * (0.5 * noise - 0.4 + self.shift) * weight[:, None]
+        return (source + change + self.leak).clamp(-1, 1)
+
+
+@dataclass
+class FakeFace:
+    crop: np.ndarray
+    matrix: np.ndarray
+    box: tuple
+
+
+class FakeAligner:
+    """A plain image has no face; otherwise the centre square is 'the face' (plus a smaller second one)."""
+
+    def detect(self, photo):
+        if photo.std() < 2:
+            return []
+        h, w = photo.shape[:2]
+        side = min(h, w)
+        crop = np.asarray(Image.fromarray(photo[:side, :side]).resize((RES, RES)))
+        small = np.zeros((RES, RES, 3), np.uint8)
+        return [FakeFace(small, np.eye(2, 3), (0, 0, 10, 10)), FakeFace(crop, np.eye(2, 3), (0, 0, side, side))]
+
+
+@dataclass
+class FakeParse:
+    makeup: np.ndarray
+
+
+class FakeParser:
+    def parse(self, rgb):
+        if rgb.mean() < 1:  # the small black 'face' must never be the one parsed
+            return None
+        size = rgb.shape[0]
+        mask = np.zeros((size, size), np.uint8)
+        mask[size // 8 : -size // 8, size // 8 : -size // 8] = 3
+        mask[size // 4 : size // 4 + size // 8, size // 5 : size // 2] = 1
+        mask[3 * size // 4 - size // 16 : 3 * size // 4, size // 3 : 2 * size // 3] = 2
+        return FakeParse(mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and runs
+# --------------------------------------------------------------------------------------------
+BAD = {"notes.png": "not_an_image", "truncated.jpg": "corrupt", "blank.png": "no_face"}
+
+
+def make_inputs(folder: Path, n_faces: int = 5) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    faces = sorted((SHARED_DATA / "faces").glob("*.jpg"))[:n_faces]
+    if len(faces) < n_faces:  # no shared data: smooth random images stand in (the fakes do not care)
+        rng = np.random.default_rng(0)
+        for i in range(n_faces):
+            base = rng.integers(40, 220, size=(6, 6, 3)).astype(np.uint8)
+            Image.fromarray(base).resize((120, 100), Image.Resampling.BICUBIC).save(folder / f"face{i}.jpg")
+    for path in faces:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "notes.png").write_text("this is not an image\n")
+    good = sorted(folder.glob("*.jpg"))[0].read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    Image.new("RGB", (80, 80), (128, 128, 128)).save(folder / "blank.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    return make_inputs(tmp_path_factory.mktemp("amplify_in") / "faces")
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def fake_cfg(inputs: Path, out: Path, *overrides: str):
+    base = [f"input_dir={inputs}", f"output_dir={out}", "batch_size=3", "checkpoint=fake.pt", "contact_sheet_count=4"]
+    return load_config(amp.DEFAULT_CONFIG, [*base, *overrides])
+
+
+def run_fake(inputs, out, accelerator, *overrides, models=None):
+    cfg = fake_cfg(inputs, out, *overrides)
+    models = models or {"fake.pt": FakeDDA(leak=0.02)}
+    return amp.amplify(cfg, accelerator, models, FakeAligner(), FakeParser(), RES)
+
+
+def pair_bytes(out: Path) -> dict[str, bytes]:
+    return {
+        f"{sub}/{p.name}": p.read_bytes() for sub in ("source", "target", "mask") for p in sorted((out / sub).glob("*"))
+    }
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def without_seconds(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+# --------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------
+def test_plan_names_seeds_and_batches(tmp_path):
+    for name in ("b.png", "a.jpg", "a.png", "c.webp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    jobs = amp.plan_jobs(tmp_path, None, 2, seed=0)
+    assert [j.name for j in jobs] == ["a_jpg_v00", "a_jpg_v01", "a_png_v00", "a_png_v01"] + [
+        "b_v00",
+        "b_v01",
+        "c_v00",
+        "c_v01",
+    ]
+    assert len({j.seed for j in jobs}) == len(jobs)  # every pair its own seed
+    assert [j.seed for j in amp.plan_jobs(tmp_path, None, 2, seed=0)] == [j.seed for j in jobs]
+    assert amp.pair_seed(0, "a.jpg", 0) != amp.pair_seed(1, "a.jpg", 0)
+    assert [j.name for j in amp.plan_jobs(tmp_path, 2, 1, seed=0)] == ["a_jpg", "a_png"]
+    # The batches are the same whatever the process count: only who runs them changes.
+    one = amp.my_batches(jobs, 3, 0, 1)
+    two = amp.my_batches(jobs, 3, 0, 2) + amp.my_batches(jobs, 3, 1, 2)
+    as_names = lambda batches: sorted(tuple(j.name for j in b) for b in batches)  # noqa: E731
+    assert as_names(one) == as_names(two) and len(amp.my_batches(jobs, 3, 1, 2)) == 1
+
+
+def test_style_groups_take_each_region_from_its_style(tmp_path):
+    cfg = load_config(amp.DEFAULT_CONFIG, ["checkpoint=a.pt", "region_weights.skin=0.5"])
+    assert amp.style_groups(cfg) == [("a.pt", {"eyes": 1.0, "lips": 1.0, "skin": 0.5})]
+    cfg = load_config(amp.DEFAULT_CONFIG, ["checkpoint=a.pt", "styles={lips: b.pt}"])
+    assert amp.style_groups(cfg) == [
+        ("a.pt", {"eyes": 1.0, "lips": 0.0, "skin": 1.0}),
+        ("b.pt", {"eyes": 0.0, "lips": 1.0, "skin": 0.0}),
+    ]
+    assert amp.style_record(cfg) == {"eyes": "a.pt", "skin": "a.pt", "lips": "b.pt"}
+
+
+# --------------------------------------------------------------------------------------------
+# A whole run with the fakes
+# --------------------------------------------------------------------------------------------
+def test_fake_run_writes_the_paired_format(inputs, accelerator, tmp_path):
+    out = tmp_path / "amplified"
+    summary = run_fake(inputs, out, accelerator)
+    records = manifest(out)
+    ok = [r for r in records if r["status"] == "ok"]
+    skipped = {r["input"]: r["reason"] for r in records if r["status"] == "skipped"}
+    assert skipped == BAD  # each bad file with the right reason
+    assert len(ok) == len(records) - len(BAD) == summary["pairs"] == summary["made"]
+    assert summary["skipped_by_reason"] == {"corrupt": 1, "no_face": 1, "not_an_image": 1}
+    assert summary["remaining"] == 0 and summary["planned_pairs"] == len(records)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert not (out / amp.SHARD_DIR).exists()  # shards merged and removed
+    assert [r["input"] for r in records] == sorted(r["input"] for r in records)  # plan order
+
+    # Stage 4 reads it as it is.
+    scan = scan_pairs(out)
+    assert sorted(p.name for p in scan.pairs) == sorted(r["name"] for r in ok) and not scan.skipped
+    item = PairedDataset(scan.pairs, RES)[0]
+    assert (
+        item["source"].shape == (3, RES, RES)
+        and item["has_mask"]
+        and set(item["mask"].unique().tolist())
+        <= {
+            0,
+            1,
+            2,
+            3,
+        }
+    )
+
+    for record in ok:
+        source = read_rgb(out / "source" / f"{record['name']}.png")
+        target = read_rgb(out / "target" / f"{record['name']}.png")
+        mask = read_labels(out / "mask" / f"{record['name']}.png")
+        assert source.shape == target.shape == (RES, RES, 3)
+        # Outside the makeup regions: the source, bit for bit (the fake DDA leaks there on purpose).
+        assert np.array_equal(target[mask == 0], source[mask == 0])
+        assert (target[mask == 2] != source[mask == 2]).any()  # and the makeup is there
+        assert record["seconds"] >= 0 and record["strength"] == 0.3 and record["style"] == "fake.pt"
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.height > 4 * RES  # four rows
+
+
+def test_region_weight_zero_stays_the_source(inputs, accelerator, tmp_path):
+    dda = FakeDDA()
+    run_fake(
+        inputs,
+        tmp_path / "out",
+        accelerator,
+        "region_weights.lips=0",
+        "region_weights.eyes=0.5",
+        models={"fake.pt": dda},
+    )
+    assert dda.calls[0]["region_weights"] == {"eyes": 0.5, "lips": 0.0, "skin": 1.0}
+    for record in [r for r in manifest(tmp_path / "out") if r["status"] == "ok"]:
+        source, target, mask = (
+            read_rgb(tmp_path / "out" / "source" / f"{record['name']}.png"),
+            read_rgb(tmp_path / "out" / "target" / f"{record['name']}.png"),
+            read_labels(tmp_path / "out" / "mask" / f"{record['name']}.png"),
+        )
+        assert np.array_equal(target[mask == 2], source[mask == 2])
+        assert (target[mask == 1] != source[mask == 1]).any()
+
+
+def test_style_combination(inputs, accelerator, tmp_path):
+    out = tmp_path / "out"
+    models = {"fake.pt": FakeDDA(shift=0.0), "red.pt": FakeDDA(shift=0.8)}
+    run_fake(inputs, out, accelerator, "styles={lips: red.pt}", "num_images=2", models=models)
+    assert models["red.pt"].calls[0]["region_weights"] == {"eyes": 0.0, "lips": 1.0, "skin": 0.0}
+    record = manifest(out)[0]
+    assert record["style"] == {"eyes": "fake.pt", "lips": "red.pt", "skin": "fake.pt"}
+    source = read_rgb(out / "source" / f"{record['name']}.png").astype(int)
+    target = read_rgb(out / "target" / f"{record['name']}.png").astype(int)
+    mask = read_labels(out / "mask" / f"{record['name']}.png")
+    # The red style pushes lips up on average, the plain one pushes the skin down.
+    assert (target - source)[mask == 2].mean() > 5 and (target - source)[mask == 3].mean() < -5
+
+
+def test_same_seed_same_images_other_seed_other_images(inputs, accelerator, tmp_path):
+    run_fake(inputs, tmp_path / "a", accelerator, "variants_per_face=2")
+    run_fake(inputs, tmp_path / "b", accelerator, "variants_per_face=2", "batch_size=2")
+    run_fake(inputs, tmp_path / "c", accelerator, "variants_per_face=2", "seed=1")
+    a, b, c = pair_bytes(tmp_path / "a"), pair_bytes(tmp_path / "b"), pair_bytes(tmp_path / "c")
+    assert a == b  # per-pair generators: batch composition does not matter
+    targets = [k for k in a if k.startswith("target/")]
+    assert all(a[k] != c[k] for k in targets)
+    v0, v1 = sorted(targets)[:2]
+    assert v0.endswith("_v00.png") and v1.endswith("_v01.png") and a[v0] != a[v1]
+
+
+def test_stop_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
+    reference = tmp_path / "one"
+    run_fake(inputs, reference, accelerator)
+    out = tmp_path / "resumed"
+    first = run_fake(inputs, out, accelerator, "max_new_pairs=2")
+    assert first["made"] == 2 and first["remaining"] > 0
+    dda = FakeDDA(leak=0.02)
+    second = run_fake(inputs, out, accelerator, models={"fake.pt": dda})
+    assert second["remaining"] == 0 and second["resumed"] == 2
+    assert first["made"] + second["made"] == second["pairs"]
+    assert pair_bytes(out) == pair_bytes(reference)
+    assert without_seconds(manifest(out)) == without_seconds(manifest(reference))
+    calls = len(dda.calls)
+    third = run_fake(inputs, out, accelerator, models={"fake.pt": dda})  # nothing left: no DDA call
+    assert third["made"] == 0 and third["pairs"] == second["pairs"] and len(dda.calls) == calls
+
+
+def test_resume_refuses_other_settings(inputs, accelerator, tmp_path):
+    run_fake(inputs, tmp_path / "out", accelerator, "num_images=1")
+    with pytest.raises(SystemExit, match="strength"):
+        run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "strength=0.5")
+
+
+class SplitAccelerator:
+    """Stands in for process `index` of `world` (the batches each would take, run one after the other)."""
+
+    def __init__(self, index: int, world: int):
+        self.process_index, self.num_processes, self.device = index, world, torch.device("cpu")
+        self.is_main_process = self.is_local_main_process = index == 0
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_two_process_split_gives_the_same_set(inputs, accelerator, tmp_path):
+    run_fake(inputs, tmp_path / "one", accelerator)
+    out = tmp_path / "two"
+    run_fake(inputs, out, SplitAccelerator(1, 2))  # rank 1 writes its shard and stops
+    assert (out / amp.SHARD_DIR / "rank001.jsonl").is_file() and not (out / "manifest.jsonl").exists()
+    run_fake(inputs, out, SplitAccelerator(0, 2))  # rank 0 does its share, then merges
+    assert pair_bytes(out) == pair_bytes(tmp_path / "one")
+    assert without_seconds(manifest(out)) == without_seconds(manifest(tmp_path / "one"))
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+from accelerate import Accelerator
+import dda_amplify as amp
+from test_amplify import FakeAligner, FakeDDA, FakeParser, fake_cfg, RES
+cfg = fake_cfg({inputs!r}, {out!r}, "batch_size=2")
+amp.amplify(cfg, Accelerator(cpu=True), {{"fake.pt": FakeDDA(leak=0.02, delay={delay})}}, FakeAligner(), FakeParser(), RES)
+"""
+
+
+def test_kill_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
+    reference, out = tmp_path / "one", tmp_path / "killed"
+    run_fake(inputs, reference, accelerator, "batch_size=2")
+    script = KILL_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), inputs=str(inputs), out=str(out), delay=1.0)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shard = out / amp.SHARD_DIR / "rank000.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if shard.is_file() and shard.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    made_before = len(list((out / "target").glob("*.png")))
+    assert 0 < made_before < len(list((reference / "target").glob("*.png")))
+    assert not list(out.rglob(".*.tmp*"))  # no temporary file left under a final name or beside it
+    summary = run_fake(inputs, out, accelerator, "batch_size=2")
+    assert summary["resumed"] >= 2 and summary["remaining"] == 0
+    assert pair_bytes(out) == pair_bytes(reference)
+    assert without_seconds(manifest(out)) == without_seconds(manifest(reference))
+
+
+def test_keep_source_outside_makeup():
+    source = np.zeros((4, 4, 3), np.uint8)
+    target = np.full((4, 4, 3), 9, np.uint8)
+    mask = np.array([[0, 1, 2, 3]] * 4, np.uint8)
+    out = amp.keep_source_outside_makeup(source, target, mask, {"eyes": 1.0, "lips": 0.0, "skin": 0.3})
+    assert out[:, 0].max() == 0 and out[:, 2].max() == 0 and out[:, 1].min() == 9 and out[:, 3].min() == 9
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("scheduler=pndm", "scheduler"),
+        ("strength=0.0", "strength"),
+        ("batch_size=0", "batch_size"),
+        ("styles={nose: a.pt}", "styles"),
+        ("checkpoint=missing.pt", "checkpoint"),
+    ],
+)
+def test_config_errors_name_the_key(override, message, inputs, tmp_path):
+    ckpt = tmp_path / "ok.pt"
+    ckpt.write_bytes(b"")
+    cfg = load_config(amp.DEFAULT_CONFIG, [f"checkpoint={ckpt}", f"input_dir={inputs}", override])
+    with pytest.raises(SystemExit, match=f"'{message}'"):
+        amp.check_config(cfg)
+
+
+def test_missing_input_dir(tmp_path):
+    ckpt = tmp_path / "ok.pt"
+    ckpt.write_bytes(b"")
+    cfg = load_config(amp.DEFAULT_CONFIG, [f"checkpoint={ckpt}", f"input_dir={tmp_path / 'nope'}"])
+    with pytest.raises(SystemExit, match="input_dir"):
+        amp.check_config(cfg)
