@@ -130,7 +130,7 @@ class PreparedFace:
     source: np.ndarray  # (R, R, 3) uint8, the aligned crop
     mask: np.ndarray  # (R, R) uint8 makeup labels
     box: list[float]
-    matrix: list[list[float]]  # (2, 3) photo -> crop affine, to paste the makeup back into the photo
+    matrix: list[list[float]]  # (2, 3) photo -> output crop affine, to paste the makeup back into the photo
     seconds: float
 
 
@@ -159,18 +159,21 @@ def prepare_face(path: Path, aligner, parser, resolution: int) -> PreparedFace:
     if not faces:
         raise SkipInput("no_face", f"{path}: no face found")
     face = max(faces, key=lambda f: _box_area(f.box))
-    crop = np.array(resize_rgb(np.ascontiguousarray(face.crop), resolution))  # writable, own memory
+    crop = np.ascontiguousarray(face.crop)  # (S, S, 3) at the aligner's size (>= resolution)
     parse = parser.parse(crop)
     if parse is None:
         raise SkipInput("no_face_parse", f"{path}: the face parser found no face in the aligned crop")
-    mask = resize_labels(np.asarray(parse.makeup, np.uint8), resolution)
+    mask = np.array(resize_labels(np.ascontiguousarray(parse.makeup, np.uint8), resolution))
+    scale = resolution / crop.shape[0]
+    crop = np.array(resize_rgb(crop, resolution))  # writable, own memory
     if not (mask > 0).any():
         raise SkipInput("no_makeup_region", f"{path}: no eye, lip or skin region in the aligned crop")
     return PreparedFace(
         source=crop,
         mask=mask,
         box=[round(float(v), 2) for v in list(face.box)[:4]],
-        matrix=np.asarray(face.matrix, np.float64).round(6).tolist(),
+        # photo -> crop at the output resolution (the aligner's crop was `scale` times larger)
+        matrix=(np.asarray(face.matrix, np.float64) * scale).round(6).tolist(),
         seconds=time.perf_counter() - start,
     )
 
@@ -582,7 +585,8 @@ def build_face_tools(cfg: DictConfig, resolution: int):
 
     from data.face_parsing import FaceParser
 
-    aligner = FaceAligner(size=resolution, margin=float(cfg.face.margin), max_faces=int(cfg.face.max_faces))
+    size = max(resolution, int(cfg.face.parse_size))
+    aligner = FaceAligner(size=size, margin=float(cfg.face.margin), max_faces=int(cfg.face.max_faces))
     return aligner, FaceParser()
 
 

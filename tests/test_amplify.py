@@ -82,8 +82,9 @@ class FakeAligner:
             return []
         h, w = photo.shape[:2]
         side = min(h, w)
-        crop = np.asarray(Image.fromarray(photo[:side, :side]).resize((RES, RES)))
-        small = np.zeros((RES, RES, 3), np.uint8)
+        # Crops at twice the output size, as the real aligner's parse_size: the stage resizes them.
+        crop = np.asarray(Image.fromarray(photo[:side, :side]).resize((2 * RES, 2 * RES)))
+        small = np.zeros((2 * RES, 2 * RES, 3), np.uint8)
         return [FakeFace(small, np.eye(2, 3), (0, 0, 10, 10)), FakeFace(crop, np.eye(2, 3), (0, 0, side, side))]
 
 
@@ -241,6 +242,7 @@ def test_fake_run_writes_the_paired_format(inputs, accelerator, tmp_path):
         assert np.array_equal(target[mask == 0], source[mask == 0])
         assert (target[mask == 2] != source[mask == 2]).any()  # and the makeup is there
         assert record["seconds"] >= 0 and record["strength"] == 0.3 and record["style"] == "fake.pt"
+        assert record["matrix"] == [[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]  # photo -> crop at the output size
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.height > 4 * RES  # four rows
 
