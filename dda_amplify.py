@@ -4,6 +4,7 @@
     python dda_amplify.py checkpoint=dda_model/dda_final.pt input_dir=/data/ffhq output_dir=amplified/ num_images=20000
     python dda_amplify.py styles='{lips: dda_red/dda_final.pt}'   # lips from another style, the rest from `checkpoint`
     accelerate launch --num_processes 4 dda_amplify.py input_dir=/data/ffhq batch_size=16   # several GPUs
+    torchrun --nproc_per_node 2 dda_amplify.py ...                # several CPU processes (Accelerate reads torchrun's env)
     python dda_amplify.py output_dir=amplified/                   # again: resumes, skipping finished pairs
 
 For each input photo: the largest face is found, cropped and aligned (data/face_align.py), its makeup

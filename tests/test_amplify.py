@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -370,6 +371,36 @@ def test_kill_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
     assert summary["resumed"] >= 2 and summary["remaining"] == 0
     assert pair_bytes(out) == pair_bytes(reference)
     assert without_seconds(manifest(out)) == without_seconds(manifest(reference))
+
+
+LAUNCH_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+from accelerate import Accelerator
+import dda_amplify as amp
+from test_amplify import FakeAligner, FakeDDA, FakeParser, fake_cfg, RES
+cfg = fake_cfg({inputs!r}, {out!r}, "batch_size=2")
+amp.amplify(cfg, Accelerator(cpu=True), {{"fake.pt": FakeDDA(leak=0.02)}}, FakeAligner(), FakeParser(), RES)
+"""
+
+
+def test_torchrun_two_processes_give_the_same_set(inputs, accelerator, tmp_path):
+    """Two real processes (gloo on CPU, as `accelerate launch` makes on GPUs): one merged manifest, same pairs."""
+    run_fake(inputs, tmp_path / "one", accelerator, "batch_size=2")
+    out = tmp_path / "two"
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCH_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), inputs=str(inputs), out=str(out)))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    result = subprocess.run([*torchrun, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["made"] == summary["pairs"] == 5
+    assert not (out / amp.SHARD_DIR).exists()
+    assert pair_bytes(out) == pair_bytes(tmp_path / "one")
+    assert without_seconds(manifest(out)) == without_seconds(manifest(tmp_path / "one"))
 
 
 def test_keep_source_outside_makeup():
