@@ -1,0 +1,177 @@
+"""TinyBeauty: a tiny U-Net that predicts a makeup residual (TinyBeauty, ECCV 2024, Sec. 3.3).
+
+The seed's layout: a 3-level encoder (3 -> 16 -> 32 -> 64 channels, max-pool downsampling), a
+bottleneck (64 -> 128 -> 128), a decoder with transposed-conv upsampling and a skip connection at
+each level, and a 1x1 conv to a 3-channel residual. The output is `clamp(input + residual, -1, 1)`.
+
+Plain 3x3 convs at these widths are about 0.5M parameters; the paper's model is 0.08M. The budget
+is met by design: `block: separable` uses depthwise 3x3 + pointwise 1x1 convs (MobileNet), and
+`upsample: separable` factors the 2x2 transposed conv into a 1x1 channel reduction followed by a
+depthwise 2x2 transposed conv. `block: plain` / `upsample: transposed` give the seed's layers back
+(over budget, for comparison). The output layer starts at zero, so training starts at the identity.
+
+Constructor arguments are exactly the YAML keys under `model:` in configs/tinybeauty.yaml.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLOCKS = ("separable", "plain")
+UPSAMPLES = ("separable", "transposed", "bilinear")
+NORMS = ("batch", "none")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
+
+
+class ConvUnit(nn.Module):
+    """One 3x3 conv -> norm -> ReLU; `separable` splits it into depthwise 3x3 + pointwise 1x1."""
+
+    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str):
+        super().__init__()
+        bias = norm == "none"
+        if block == "separable" and in_ch > 3:
+            self.conv = nn.Sequential(
+                nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
+                nn.Conv2d(in_ch, out_ch, 1, bias=bias),
+            )
+        else:  # the 3-channel stem stays a plain conv: a depthwise conv on RGB would see one channel each
+            self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+        self.norm = _norm(norm, out_ch)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class DoubleConv(nn.Sequential):
+    """Two conv units, as each U-Net level of the seed."""
+
+    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str):
+        super().__init__(ConvUnit(in_ch, out_ch, block, norm), ConvUnit(out_ch, out_ch, block, norm))
+
+
+class Upsample(nn.Module):
+    """x2 upsampling from `in_ch` to `out_ch` channels."""
+
+    def __init__(self, in_ch: int, out_ch: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        if kind == "transposed":  # the seed's layer: in_ch * out_ch * 4 weights
+            self.layers = nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)
+        elif kind == "separable":  # 1x1 reduction, then one 2x2 kernel per channel
+            self.layers = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1), nn.ConvTranspose2d(out_ch, out_ch, 2, stride=2, groups=out_ch)
+            )
+        else:  # bilinear: no learned upsampling, 1x1 reduction only
+            self.layers = nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "bilinear":
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.layers(x)
+
+
+class TinyBeauty(nn.Module):
+    """(B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1]; H and W divisible by 2 ** len(widths)."""
+
+    def __init__(
+        self,
+        widths: list[int] | tuple[int, ...] = (16, 32, 64),
+        bottleneck: int = 128,
+        block: str = "separable",
+        upsample: str = "separable",
+        norm: str = "batch",
+        residual_scale: float = 1.0,
+    ):
+        super().__init__()
+        for key, value, allowed in (("block", block, BLOCKS), ("upsample", upsample, UPSAMPLES), ("norm", norm, NORMS)):
+            if value not in allowed:
+                raise ValueError(f"model.{key} must be one of {', '.join(allowed)}, not '{value}'")
+        widths = [int(w) for w in widths]
+        if not widths or min(widths) < 1 or bottleneck < 1:
+            raise ValueError(f"model.widths must be positive channel counts, got {widths}")
+        self.widths, self.residual_scale = widths, float(residual_scale)
+
+        chans = [3, *widths]
+        self.encoders = nn.ModuleList(DoubleConv(chans[i], chans[i + 1], block, norm) for i in range(len(widths)))
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = DoubleConv(widths[-1], bottleneck, block, norm)
+        deeper = [bottleneck, *reversed(widths)]  # channels coming up from below each level
+        self.upsamples = nn.ModuleList(Upsample(deeper[i], deeper[i + 1], upsample) for i in range(len(widths)))
+        self.decoders = nn.ModuleList(
+            DoubleConv(2 * deeper[i + 1], deeper[i + 1], block, norm) for i in range(len(widths))
+        )
+        self.head = nn.Conv2d(widths[0], 3, 1)
+        # Zero-initialised output layer: the model starts as the identity (residual 0), so the first
+        # steps refine the face instead of undoing random noise.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** len(self.widths)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) face in [-1, 1] -> (B, 3, H, W) makeup residual (unclamped)."""
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)  # (B, w_i, H / 2^i, W / 2^i)
+            x = self.pool(x)
+        x = self.bottleneck(x)  # (B, bottleneck, H / 2^L, W / 2^L)
+        for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([upsample(x), skip], dim=1))
+        return self.head(x) * self.residual_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.residual(x)).clamp(-1.0, 1.0)
+
+
+MODELS = {"tinybeauty": TinyBeauty}
+
+
+def count_macs(model: nn.Module, size: int = 256, channels: int = 3) -> int:
+    """Multiply-accumulates of one (1, channels, size, size) forward pass, counted on conv and linear layers.
+
+    Forward hooks read each layer's real input/output shapes, so grouped (depthwise) and transposed
+    convs are counted correctly. Norms, activations, pooling and additions are left out, as usual.
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.ConvTranspose2d):  # each input pixel scatters a kernel to out_ch/groups channels
+            kh, kw = module.kernel_size
+            total += inputs[0].numel() * (module.out_channels // module.groups) * kh * kw
+        elif isinstance(module, nn.Conv2d):  # each output pixel gathers in_ch/groups * kernel inputs
+            kh, kw = module.kernel_size
+            total += output.numel() * (module.in_channels // module.groups) * kh * kw
+        elif isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            param = next(model.parameters())
+            model(torch.zeros(1, channels, size, size, device=param.device, dtype=param.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return int(total)
+
+
+def model_size_kb(num_params: int) -> dict[str, float]:
+    """Weight storage at fp32, fp16 and int8 (parameters only; file formats add a few KB)."""
+    return {name: round(num_params * nbytes / 1024, 1) for name, nbytes in (("fp32", 4), ("fp16", 2), ("int8", 1))}
