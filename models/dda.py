@@ -1,0 +1,638 @@
+"""The Diffusion-based Data Amplifier (DDA): Stable Diffusion 1.5 + LoRA + RDM + FGMM.
+
+TinyBeauty (ECCV 2024, Sec. 3.2). Stage 2 (`dda_training.py`) trains it on five before/after pairs;
+stage 3 (`dda_amplify.py`) loads it with `load_dda` and calls `DDA.img2img` on thousands of faces.
+
+How the source conditions the generation (image-to-image, as the official release):
+the source latent is noised to `strength` (0.3) and denoised with DDIM over the timesteps that
+`num_steps` (10) visits from there (201, 101, 1 for SD's scheduler). Training uses exactly those
+timesteps, on the path an ideal DDIM run from the noised source to the target latent would take:
+with z_S, z_T the source and target latents, t0 the first visited timestep and eps Gaussian noise,
+
+    eps_path = eps + sqrt(a_t0 / (1 - a_t0)) * (z_S - z_T)        (a = alphas_cumprod)
+    x_t      = sqrt(a_t) * z_T + sqrt(1 - a_t) * eps_path         for every visited t
+
+At t0 this is the noised source itself (what inference starts from), and a UNet that predicts
+eps_path at each x_t turns deterministic DDIM from the noised source into exactly z_T. The
+diffusion loss is the usual MSE between predicted and target noise (`noise_pred`, `noise_target`).
+
+The pixel side (RDM, FGMM, eyeliner): the x0 prediction is decoded, RDM adds the texture residual
+`alpha * (S - S')` (S' the base model's own reconstruction of the source, see models/rdm.py), and
+FGMM weights the resulting makeup signal per region before it is added to the source:
+
+    styled    = decode(x0_lora) + alpha * (S - decode(x0_base))
+    composite = S + FGMM(styled - S, makeup_mask)
+
+so background and weight-0 regions are the source exactly. At amplification the source latents are
+also copied back into regions that get no makeup after every denoising step (as the official
+release does), so the model spends its effort where the makeup goes.
+
+Latents use the VAE posterior's mean (not a sample), so the same source gives the same latent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.fgmm import FGMM, REGIONS
+from models.rdm import RDM
+
+DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+DDA_MODULES_NAME = "dda_modules.json"  # RDM alpha, FGMM weights and settings next to the LoRA file
+SCHEDULERS = ("ddim", "euler_ancestral")
+
+
+# --------------------------------------------------------------------------------------------
+# Base model
+# --------------------------------------------------------------------------------------------
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `owner/name`; anything else (absolute, relative with ./ or deeper) is meant as a folder."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
+
+
+def _check_local_sd_folder(folder: Path, key: str) -> None:
+    missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / sub).is_dir()]
+    if missing:
+        raise SystemExit(
+            f"error: config key '{key}': {folder} is not a Stable Diffusion folder in the diffusers layout "
+            f"(missing {', '.join(s + '/' for s in missing)}); expected unet/, vae/, text_encoder/, tokenizer/, "
+            "scheduler/ (`python -m models.tiny_sd DIR` writes a tiny one for testing)"
+        )
+
+
+def load_base_model(
+    pretrained: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> dict:
+    """UNet, VAE, text encoder, tokenizer and training scheduler of SD 1.5 (a hub id or a local diffusers folder).
+
+    Loaded with the stock `from_pretrained` of each part. A missing path, a folder that is not an SD
+    folder, or a hub id that cannot be fetched (no network and not cached) stops with a message naming
+    `model.pretrained`.
+    """
+    key = "model.pretrained"
+    name = str(pretrained)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise SystemExit(f"error: config key '{key}': {local} is a file, not a diffusers model folder")
+        _check_local_sd_folder(local, key)
+        source = str(local)
+    elif _looks_like_path(name):
+        raise SystemExit(
+            f"error: config key '{key}': model folder not found: {local} (give a local SD 1.5 folder in the "
+            f"diffusers layout or a hub id such as {DEFAULT_PRETRAINED})"
+        )
+    else:
+        source = name
+    try:  # the local folder, or the hub id from the local cache
+        parts = _from_pretrained_parts(source, dtype, local_files_only=True)
+    except Exception as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+        if Path(source).exists() or offline:
+            where = (
+                "the folder could not be read as a diffusers SD model"
+                if Path(source).exists()
+                else ("hub id not in the local cache and HF_HUB_OFFLINE is set")
+            )
+            raise SystemExit(
+                f"error: config key '{key}': could not load '{name}': {where} ({_first_line(err)})"
+            ) from None
+        try:  # not cached: try the hub once
+            parts = _from_pretrained_parts(source, dtype, local_files_only=False)
+        except Exception as err:
+            raise SystemExit(
+                f"error: config key '{key}': could not load '{name}' from the hub ({_first_line(err)}). With no "
+                "network, download it elsewhere and set model.pretrained to the local folder"
+            ) from None
+    unet, vae, text_encoder, tokenizer, scheduler = parts
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        module.to(device)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "noise_scheduler": scheduler,
+        "pretrained": name,
+    }
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _from_pretrained_parts(source: str, dtype: torch.dtype, local_files_only: bool):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    common = {"local_files_only": local_files_only}
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
+    if tokenizer.model_max_length > 1000:  # transformers 5 leaves it unset unless the folder says 77
+        tokenizer.model_max_length = text_encoder.config.max_position_embeddings
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
+    return unet, vae, text_encoder, tokenizer, scheduler
+
+
+def add_lora(unet: nn.Module, rank: int, lora_alpha: float) -> None:
+    """LoRA on the attention projections, as diffusers' train_text_to_image_lora.py does it."""
+    from peft import LoraConfig
+
+    unet.add_adapter(
+        LoraConfig(
+            r=int(rank),
+            lora_alpha=float(lora_alpha),
+            init_lora_weights="gaussian",
+            target_modules=LORA_TARGET_MODULES,
+        )
+    )
+
+
+def make_inference_scheduler(noise_scheduler, name: str):
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(noise_scheduler.config)
+    if name == "euler_ancestral":
+        return EulerAncestralDiscreteScheduler.from_config(noise_scheduler.config)
+    raise ValueError(f"unknown scheduler '{name}' (expected one of {', '.join(SCHEDULERS)})")
+
+
+def visited_timesteps(scheduler, strength: float, num_steps: int, device=None) -> torch.Tensor:
+    """The timesteps image-to-image at `strength` visits (diffusers' img2img get_timesteps); sets begin index."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    scheduler.set_timesteps(int(num_steps), device=device)
+    init_steps = min(int(num_steps * strength), num_steps)
+    if init_steps < 1:
+        raise ValueError(f"strength {strength} with {num_steps} steps visits no timestep: raise one of them")
+    t_start = max(num_steps - init_steps, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order :]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    return timesteps
+
+
+# --------------------------------------------------------------------------------------------
+# The DDA
+# --------------------------------------------------------------------------------------------
+class DDA(nn.Module):
+    """SD parts + LoRA (inside the UNet) + RDM (alpha) + FGMM (region weights).
+
+    Trainable: the LoRA weights, `rdm.alpha` and `fgmm.region_weights`; everything of SD is frozen.
+    """
+
+    def __init__(
+        self,
+        base: dict,
+        *,
+        prompt: str,
+        resolution: int,
+        lora_rank: int = 16,
+        lora_alpha: float = 16.0,
+        rdm_alpha: float = 0.5,
+        fgmm: dict[str, float] | None = None,
+        strength: float = 0.3,
+        num_steps: int = 10,
+    ):
+        super().__init__()
+        self.pretrained = base["pretrained"]
+        self.vae, self.text_encoder, self.tokenizer = base["vae"], base["text_encoder"], base["tokenizer"]
+        self.noise_scheduler = base["noise_scheduler"]
+        unet = base["unet"]
+        add_lora(unet, lora_rank, lora_alpha)
+        self.rdm = RDM(unet, alpha=rdm_alpha)
+        self.fgmm = FGMM(**(fgmm or {}))
+        self.prompt, self.resolution = prompt, int(resolution)
+        self.lora_rank, self.lora_alpha = int(lora_rank), float(lora_alpha)
+        self.strength, self.num_steps = float(strength), int(num_steps)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.rdm.to(self.vae.device)
+        self.fgmm.to(self.vae.device)
+
+    # ---- parts ---------------------------------------------------------------------------------
+    @property
+    def unet(self) -> nn.Module:
+        return self.rdm.unet
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The three groups that train: LoRA weights, RDM alpha, FGMM region weights."""
+        lora = [p for n, p in self.unet.named_parameters() if "lora_" in n]
+        return {"lora": lora, "rdm_alpha": [self.rdm.alpha], "fgmm": [self.fgmm.region_weights]}
+
+    def set_trainable(self) -> None:
+        """Freeze everything, then unfreeze exactly the LoRA, RDM alpha and FGMM weights."""
+        self.requires_grad_(False)
+        for group in self.trainable_parameters().values():
+            for p in group:
+                p.requires_grad_(True)
+
+    # ---- encoders ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str | None = None) -> torch.Tensor:
+        """(1, 77, D) text embeddings of `prompt` (default: the style prompt), cached."""
+        prompt = self.prompt if prompt is None else prompt
+        if prompt not in self._prompt_cache:
+            ids = self.tokenizer(
+                prompt,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            self._prompt_cache[prompt] = self.text_encoder(ids)[0]
+        return self._prompt_cache[prompt]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) scaled latents (posterior mean)."""
+        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        return posterior.mean * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> (B, 3, H, W) images (not clamped)."""
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_timesteps(self) -> torch.Tensor:
+        return visited_timesteps(make_inference_scheduler(self.noise_scheduler, "ddim"), self.strength, self.num_steps)
+
+    def training_forward(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        makeup_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One training forward on a batch (see the module docstring for the path it trains on).
+
+        source, target: (B, 3, H, W) in [-1, 1]; makeup_mask: (B, H, W) labels. Returns the noise
+        prediction and its target (diffusion loss), `styled` (RDM output) and `composite` (source +
+        FGMM-weighted makeup signal), both (B, 3, H, W), and the timesteps used.
+        """
+        batch = source.shape[0]
+        source = source.to(self.device, torch.float32)
+        visited = self.training_timesteps()
+        pick = torch.randint(len(visited), (batch,), generator=generator)
+        timesteps = visited[pick].to(self.device).long()
+        with torch.no_grad():
+            z_source, z_target = self.encode(source), self.encode(target)
+        noise = torch.randn(z_source.shape, generator=generator).to(z_source)
+
+        abar = self.noise_scheduler.alphas_cumprod.to(self.device, torch.float32)
+        a_t = abar[timesteps].view(-1, 1, 1, 1)
+        a_0 = abar[visited[0]].item()
+        noise_path = noise + (a_0 / (1 - a_0)) ** 0.5 * (z_source.float() - z_target.float())
+        noisy = (a_t.sqrt() * z_target.float() + (1 - a_t).sqrt() * noise_path).to(self.dtype)
+        noisy_source = (a_t.sqrt() * z_source.float() + (1 - a_t).sqrt() * noise).to(self.dtype)
+        text = self.encode_prompt().expand(batch, -1, -1)
+
+        noise_pred = self.rdm(noisy, timesteps, text)
+        x0_pred = (noisy.float() - (1 - a_t).sqrt() * noise_pred.float()) / a_t.sqrt()
+        with torch.no_grad():  # S': the base model's own reconstruction of the source
+            base_pred = self.rdm(noisy_source, timesteps, text, use_lora=False)
+            x0_base = (noisy_source.float() - (1 - a_t).sqrt() * base_pred.float()) / a_t.sqrt()
+            reconstruction = self.decode(x0_base.to(self.dtype)).float()
+        decoded = self.decode(x0_pred.to(self.dtype)).float()
+        styled = self.rdm.restore(decoded, source, reconstruction)
+        composite = source + self.fgmm(styled - source, makeup_mask.to(self.device))
+        return {
+            "noise_pred": noise_pred.float(),
+            "noise_target": noise_path,
+            "styled": styled,
+            "composite": composite,
+            "timesteps": timesteps,
+        }
+
+    # ---- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _denoise(
+        self,
+        z_source: torch.Tensor,
+        editable: torch.Tensor | None,
+        *,
+        use_lora: bool,
+        strength: float,
+        num_steps: int,
+        scheduler: str,
+        guidance_scale: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Image-to-image denoising of source latents; returns clean latents."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        sched = make_inference_scheduler(self.noise_scheduler, scheduler)
+        timesteps = visited_timesteps(sched, strength, num_steps, device=self.device)
+        noise = randn_tensor(z_source.shape, generator=generator, device=self.device, dtype=z_source.dtype)
+        latents = sched.add_noise(z_source, noise, timesteps[:1].repeat(z_source.shape[0]))
+        batch = z_source.shape[0]
+        text = self.encode_prompt().to(self.dtype).expand(batch, -1, -1)
+        if guidance_scale > 1.0:
+            text = torch.cat([self.encode_prompt("").to(self.dtype).expand(batch, -1, -1), text])
+        for i, t in enumerate(timesteps):
+            model_in = torch.cat([latents] * 2) if guidance_scale > 1.0 else latents
+            model_in = sched.scale_model_input(model_in, t)
+            noise_pred = self.rdm(model_in, t, text, use_lora=use_lora)
+            if guidance_scale > 1.0:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + guidance_scale * (cond - uncond)
+            latents = sched.step(noise_pred, t, latents, generator=generator).prev_sample
+            if editable is not None:  # copy the source back where no makeup goes (official release)
+                if i + 1 < len(timesteps):
+                    known = sched.add_noise(z_source, noise, timesteps[i + 1 : i + 2].repeat(batch))
+                else:
+                    known = z_source
+                latents = editable * latents + (1 - editable) * known
+        return latents
+
+    def _editable_latent_mask(self, weight_map: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, H, W) pixel weights -> (B, 1, h, w) 0/1 latent mask of cells touching any makeup, grown by one."""
+        touched = F.adaptive_max_pool2d((weight_map != 0).float(), latent_hw)
+        return F.max_pool2d(touched, 3, stride=1, padding=1)
+
+    @torch.no_grad()
+    def makeup_signal(
+        self,
+        source: torch.Tensor,
+        makeup_mask: torch.Tensor | None = None,
+        *,
+        region_weights: dict[str, float] | None = None,
+        strength: float = 0.3,
+        num_steps: int = 10,
+        scheduler: str = "ddim",
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The styled image before FGMM compositing: decode(LoRA run) + alpha * (S - decode(base run)).
+
+        (B, 3, H, W) in float32, not clamped. With a mask, source latents are copied back outside the
+        regions whose weight is non-zero while denoising. Use `composite` to place it (or several
+        styles' outputs, one per region) on the source.
+        """
+        source = source.to(self.device, torch.float32)
+        z_source = self.encode(source)
+        editable = None
+        if makeup_mask is not None:
+            weight_map = self.fgmm.weight_map(makeup_mask.to(self.device), region_weights)
+            editable = self._editable_latent_mask(weight_map, tuple(z_source.shape[-2:])).to(z_source.dtype)
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        # The base run (S') sees the very same noise as the LoRA run.
+        base_generator = torch.Generator(generator.device)
+        base_generator.set_state(generator.get_state())
+        settings = dict(strength=strength, num_steps=num_steps, scheduler=scheduler, guidance_scale=guidance_scale)
+        styled_latents = self._denoise(z_source, editable, use_lora=True, generator=generator, **settings)
+        base_latents = self._denoise(z_source, editable, use_lora=False, generator=base_generator, **settings)
+        decoded = self.decode(styled_latents).float()
+        reconstruction = self.decode(base_latents).float()
+        return self.rdm.restore(decoded, source, reconstruction)
+
+    def composite(
+        self,
+        source: torch.Tensor,
+        styled: torch.Tensor | dict[str, torch.Tensor],
+        makeup_mask: torch.Tensor,
+        region_weights: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """source + FGMM(styled - source), clamped to [-1, 1]; the source exactly where the weight is 0.
+
+        `styled` may map region names to styled images (makeup combination: lips from one trained
+        style, eyes from another); a region missing from the map gets no makeup.
+        """
+        source = source.to(self.device, torch.float32)
+        makeup_mask = makeup_mask.to(self.device)
+        if isinstance(styled, dict):
+            unknown = set(styled) - set(REGIONS)
+            if unknown:
+                raise ValueError(f"unknown region(s) {sorted(unknown)} (expected {', '.join(REGIONS)})")
+            signal = torch.zeros_like(source)
+            for region, image in styled.items():
+                in_region = (makeup_mask == REGIONS.index(region) + 1).unsqueeze(1)
+                signal = torch.where(in_region, image.to(source) - source, signal)
+        else:
+            signal = styled.to(source) - source
+        result = source + self.fgmm(signal, makeup_mask, region_weights)
+        return result.clamp(-1, 1)
+
+    @torch.no_grad()
+    def img2img(
+        self,
+        source: torch.Tensor,
+        makeup_mask: torch.Tensor,
+        *,
+        region_weights: dict[str, float] | None = None,
+        strength: float = 0.3,
+        num_steps: int = 10,
+        scheduler: str = "ddim",
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(B, 3, H, W) source in [-1, 1] and (B, H, W) labels 0-3 -> (B, 3, H, W) made-up faces in [-1, 1].
+
+        Equals the source bit for bit wherever the mask is background or the effective region weight
+        (learned FGMM weight, or `region_weights[region]`) is 0. Same generator seed, same output.
+        """
+        if source.ndim != 4 or makeup_mask.shape != (source.shape[0], *source.shape[-2:]):
+            raise ValueError(
+                f"source must be (B, 3, H, W) and makeup_mask (B, H, W); got {tuple(source.shape)} and "
+                f"{tuple(makeup_mask.shape)}"
+            )
+        styled = self.makeup_signal(
+            source,
+            makeup_mask,
+            region_weights=region_weights,
+            strength=strength,
+            num_steps=num_steps,
+            scheduler=scheduler,
+            guidance_scale=guidance_scale,
+            generator=generator,
+        )
+        return self.composite(source, styled, makeup_mask, region_weights)
+
+    # ---- saving and loading --------------------------------------------------------------------
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.unet).items()}
+
+    def settings(self) -> dict:
+        """What `load_dda` needs besides the weights (JSON-friendly)."""
+        return {
+            "pretrained": self.pretrained,
+            "prompt": self.prompt,
+            "resolution": self.resolution,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "strength": self.strength,
+            "num_steps": self.num_steps,
+            "rdm_alpha": float(self.rdm.alpha.detach()),
+            "fgmm": self.fgmm.weights(),
+        }
+
+    def state(self) -> dict:
+        """The trained part for a checkpoint: LoRA weights, RDM and FGMM state, settings."""
+        return {
+            "settings": self.settings(),
+            "lora": self.lora_state_dict(),
+            "rdm_alpha": self.rdm.alpha.detach().cpu().clone(),
+            "fgmm": {k: v.detach().cpu().clone() for k, v in self.fgmm.state_dict().items()},
+        }
+
+    def load_state(self, state: dict) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.unet, state["lora"])
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"LoRA weights do not fit this UNet (unexpected keys, e.g. {unexpected[0]})")
+        with torch.no_grad():
+            self.rdm.alpha.copy_(state["rdm_alpha"])
+        self.fgmm.load_state_dict(state["fgmm"])
+
+    def save_lora(self, folder: str | os.PathLike) -> Path:
+        """`pytorch_lora_weights.safetensors` (with peft adapter metadata) + `dda_modules.json`, atomically.
+
+        The adapter metadata (rank, lora_alpha, targets) travels inside the safetensors file, so
+        `pipe.load_lora_weights(folder)` rebuilds the same scale even when lora_alpha != rank.
+        """
+        from diffusers import StableDiffusionPipeline
+        from peft.utils import get_peft_model_state_dict
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=folder))
+        try:
+            StableDiffusionPipeline.save_lora_weights(
+                tmp,
+                unet_lora_layers=get_peft_model_state_dict(self.unet),
+                unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
+                safe_serialization=True,
+            )
+            (tmp / DDA_MODULES_NAME).write_text(json.dumps(self.settings(), indent=1))
+            os.replace(tmp / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
+            os.replace(tmp / DDA_MODULES_NAME, folder / DDA_MODULES_NAME)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder / LORA_WEIGHTS_NAME
+
+
+def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DDA:
+    """The DDA from a stage-2 config (`configs/dda.yaml`)."""
+    base = load_base_model(cfg.model.pretrained, device=device, dtype=dtype)
+    return DDA(
+        base,
+        prompt=str(cfg.model.prompt),
+        resolution=int(cfg.train.resolution),
+        lora_rank=int(cfg.lora.rank),
+        lora_alpha=float(cfg.lora.alpha),
+        rdm_alpha=float(cfg.rdm.alpha),
+        fgmm={name: float(cfg.fgmm[name]) for name in REGIONS},
+        strength=float(cfg.diffusion.strength),
+        num_steps=int(cfg.diffusion.num_steps),
+    )
+
+
+def load_dda(
+    checkpoint: str | os.PathLike,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> DDA:
+    """A trained DDA, ready for `img2img`, from stage 2's output.
+
+    `checkpoint`: `dda_final.pt`, `dda_checkpoint_epoch_N.pt`, or a folder holding `dda_final.pt` or
+    `pytorch_lora_weights.safetensors` (+ `dda_modules.json` for alpha, FGMM weights and settings;
+    without it alpha is 1 and the FGMM weights 1, and `pretrained` must be given). `pretrained`
+    None: the base model recorded at training time.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        if (path / "dda_final.pt").is_file():
+            path = path / "dda_final.pt"
+        elif (path / LORA_WEIGHTS_NAME).is_file():
+            return _load_dda_folder(path, pretrained, device, dtype)
+        else:
+            raise SystemExit(f"error: {path} holds neither dda_final.pt nor {LORA_WEIGHTS_NAME}")
+    from common import load_checkpoint
+
+    state = load_checkpoint(path)
+    if "dda" not in state:
+        raise SystemExit(f"error: {path} is not a DDA checkpoint (no 'dda' entry); expected dda_training.py output")
+    settings = state["dda"]["settings"]
+    base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
+    dda = _dda_from_settings(settings, base)
+    dda.load_state(state["dda"])
+    dda.to(device)
+    return dda.eval()
+
+
+def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    modules_file = folder / DDA_MODULES_NAME
+    if modules_file.is_file():
+        settings = json.loads(modules_file.read_text())
+    elif pretrained is None:
+        raise SystemExit(f"error: {folder} has no {DDA_MODULES_NAME}: give the base model (model.pretrained)")
+    else:
+        settings = {"pretrained": pretrained, "prompt": "", "resolution": 512, "rdm_alpha": 1.0, "fgmm": {}}
+    # Read the LoRA the way any diffusers pipeline does, then hand its weights to the DDA.
+    base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
+    pipe = StableDiffusionPipeline(
+        vae=base["vae"],
+        text_encoder=base["text_encoder"],
+        tokenizer=base["tokenizer"],
+        unet=base["unet"],
+        scheduler=base["noise_scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, adapter_name="default")
+    config = base["unet"].peft_config["default"]
+    lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(base["unet"]).items()}
+    base["unet"].delete_adapters("default")
+    settings.setdefault("lora_rank", config.r)
+    settings.setdefault("lora_alpha", config.lora_alpha)
+    dda = _dda_from_settings(settings, base)
+    dda.load_state(
+        {"lora": lora, "rdm_alpha": torch.tensor(float(settings["rdm_alpha"])), "fgmm": dda.fgmm.state_dict()}
+    )
+    dda.to(device)
+    return dda.eval()
+
+
+def _dda_from_settings(settings: dict, base: dict) -> DDA:
+    return DDA(
+        base,
+        prompt=settings.get("prompt", ""),
+        resolution=settings.get("resolution", 512),
+        lora_rank=settings["lora_rank"],
+        lora_alpha=settings["lora_alpha"],
+        rdm_alpha=settings.get("rdm_alpha", 1.0),
+        fgmm=settings.get("fgmm") or {},
+        strength=settings.get("strength", 0.3),
+        num_steps=settings.get("num_steps", 10),
+    )
