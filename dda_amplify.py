@@ -182,20 +182,27 @@ def prepare_face(path: Path, aligner, parser, resolution: int) -> PreparedFace:
 # --------------------------------------------------------------------------------------------
 # Generation: one DDA call per style, regions combined
 # --------------------------------------------------------------------------------------------
-def style_groups(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
-    """(checkpoint, region weights) per DDA style. Without `styles`, one group: `checkpoint`, all regions.
+def configured_weights(cfg: DictConfig) -> dict[str, float | None]:
+    """`region_weights` as set: a number overrides the checkpoint's learned FGMM weight, null keeps it."""
+    return {r: None if cfg.region_weights[r] is None else float(cfg.region_weights[r]) for r in REGIONS}
 
-    With `styles` ({region: checkpoint}), each style is asked only for its own regions (the others at
-    weight 0, which the DDA leaves exactly as the source), so summing the styles' changes takes each
-    region from its style: makeup combination through FGMM as in the paper.
+
+def style_groups(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
+    """(checkpoint, FGMM overrides) per DDA style. Without `styles`, one group: `checkpoint`, all regions.
+
+    With `styles` ({region: checkpoint}), each style is asked only for its own regions (the others
+    overridden to 0, which the DDA leaves exactly as the source), so summing the styles' changes takes
+    each region from its style: makeup combination through FGMM as in the paper.
     """
-    weights = {r: float(cfg.region_weights[r]) for r in REGIONS}
+    weights = configured_weights(cfg)
     owner = {r: str(cfg.checkpoint) for r in REGIONS}
     if cfg.styles:
         owner.update({str(r): str(ckpt) for r, ckpt in cfg.styles.items()})
     groups = []
     for checkpoint in dict.fromkeys(owner.values()):
-        groups.append((checkpoint, {r: (weights[r] if owner[r] == checkpoint else 0.0) for r in REGIONS}))
+        overrides = {r: 0.0 for r in REGIONS if owner[r] != checkpoint}
+        overrides.update({r: w for r, w in weights.items() if owner[r] == checkpoint and w is not None})
+        groups.append((checkpoint, overrides))
     return groups
 
 
@@ -203,35 +210,63 @@ def style_record(cfg: DictConfig) -> str | dict[str, str]:
     groups = style_groups(cfg)
     if len(groups) == 1:
         return groups[0][0]
-    return {r: ckpt for ckpt, w in groups for r in REGIONS if w[r] > 0 or ckpt == str(cfg.checkpoint)}
+    owner = {r: str(cfg.checkpoint) for r in REGIONS}
+    owner.update({str(r): str(ckpt) for r, ckpt in cfg.styles.items()})
+    return owner
+
+
+def takes_generator_lists(dda, resolution: int, device: torch.device) -> bool:
+    """Does this DDA take one generator per sample (the diffusers convention)? Probed once on 2 blank faces.
+
+    With lists a pair's noise depends on its own seed only, so the batch size does not change it;
+    a DDA that takes a single generator is called one face at a time instead (same pixels, slower).
+    """
+    source = torch.zeros(2, 3, resolution, resolution, device=device)
+    mask = torch.zeros(2, resolution, resolution, dtype=torch.long, device=device)
+    mask[:, resolution // 4 : resolution // 2, resolution // 4 : resolution // 2] = 2
+    generators = [torch.Generator(device=device).manual_seed(s) for s in (0, 1)]
+    try:
+        with torch.no_grad():
+            dda.img2img(source, mask, strength=0.3, num_steps=4, generator=generators)
+    except (AttributeError, TypeError, ValueError) as err:
+        log.warning("the DDA takes one generator per call (%s): faces go through it one at a time", err)
+        return False
+    return True
 
 
 def generate(
     models: dict, cfg: DictConfig, source: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int]
 ) -> torch.Tensor:
     """(B, 3, R, R) in [-1, 1] -> makeup version, same shape. Each sample's noise comes from its own seed."""
+    settings = dict(
+        strength=float(cfg.strength),
+        num_steps=int(cfg.num_steps),
+        scheduler=str(cfg.scheduler),
+        guidance_scale=float(cfg.guidance_scale),
+    )
     target = source.clone()
-    for checkpoint, weights in style_groups(cfg):
-        if not any(weights.values()):
-            continue
+    for checkpoint, overrides in style_groups(cfg):
+        if overrides and all(overrides.get(r) == 0 for r in REGIONS):
+            continue  # this style owns no region with any weight
         dda = models[checkpoint]
         generators = [torch.Generator(device=source.device).manual_seed(int(s)) for s in seeds]
-        styled = dda.img2img(
-            source,
-            mask,
-            region_weights=weights,
-            strength=float(cfg.strength),
-            num_steps=int(cfg.num_steps),
-            scheduler=str(cfg.scheduler),
-            guidance_scale=float(cfg.guidance_scale),
-            generator=generators,
-        )
+        if getattr(dda, "takes_generator_lists", True):
+            styled = dda.img2img(source, mask, region_weights=overrides, generator=generators, **settings)
+        else:
+            styled = torch.cat(
+                [
+                    dda.img2img(source[i : i + 1], mask[i : i + 1], region_weights=overrides, generator=g, **settings)
+                    for i, g in enumerate(generators)
+                ]
+            )
         target = target + (styled.float() - source)  # each style changes only its own regions
     return target.clamp(-1, 1)
 
 
-def keep_source_outside_makeup(source: np.ndarray, target: np.ndarray, mask: np.ndarray, weights: dict) -> np.ndarray:
-    """Background and weight-0 regions copied from the source, bit for bit.
+def keep_source_outside_makeup(
+    source: np.ndarray, target: np.ndarray, mask: np.ndarray, weights: dict[str, float | None]
+) -> np.ndarray:
+    """Background and regions set to weight 0 copied from the source, bit for bit.
 
     The DDA already does this in fp32; in fp16 the VAE round trip may not, and stage 4's pixel
     losses must see identical pixels there (the official release copies the source back as well).
@@ -339,7 +374,7 @@ def run_settings(cfg: DictConfig, resolution: int) -> dict:
         "num_steps": int(cfg.num_steps),
         "scheduler": str(cfg.scheduler),
         "guidance_scale": float(cfg.guidance_scale),
-        "region_weights": {r: float(cfg.region_weights[r]) for r in REGIONS},
+        "region_weights": configured_weights(cfg),  # null: the checkpoint's learned FGMM weight
         "style": style_record(cfg),
         "resolution": int(resolution),
     }
@@ -549,8 +584,11 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("num_steps", "batch_size", "variants_per_face"):
         if int(cfg[key]) < 1:
             raise bad(key, f"must be at least 1, not {cfg[key]}")
-    if set(cfg.region_weights) != set(REGIONS) or any(float(v) < 0 for v in cfg.region_weights.values()):
-        raise bad("region_weights", f"needs {', '.join(REGIONS)}, each >= 0 (got {dict(cfg.region_weights)})")
+    weights = dict(cfg.region_weights)
+    if set(weights) != set(REGIONS) or any(
+        v is not None and (not isinstance(v, (int, float)) or v < 0) for v in weights.values()
+    ):
+        raise bad("region_weights", f"needs {', '.join(REGIONS)}, each a number >= 0 or null (got {weights})")
     if cfg.styles is not None:
         if not hasattr(cfg.styles, "items") or not set(cfg.styles) <= set(REGIONS):
             raise bad("styles", f"must map regions ({', '.join(REGIONS)}) to DDA checkpoints (got {cfg.styles})")
@@ -578,6 +616,8 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     for checkpoint, _ in style_groups(cfg):
         models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
     resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)
+    for dda in models.values():
+        dda.takes_generator_lists = takes_generator_lists(dda, resolution, device)
     return models, resolution
 
 

@@ -57,15 +57,24 @@ class FakeDDA:
         guidance_scale=1.0,
         generator=None,
     ):
-        self.calls.append(dict(batch=source.shape[0], region_weights=dict(region_weights), strength=strength))
+        region_weights = dict(region_weights or {})
+        self.calls.append(dict(batch=source.shape[0], region_weights=region_weights, strength=strength))
         time.sleep(self.delay)
         generators = generator if isinstance(generator, list) else [generator] * source.shape[0]
         noise = torch.stack([torch.randn(source.shape[1:], generator=g) for g in generators])  # (B, 3, H, W)
         weight = torch.zeros_like(makeup_mask, dtype=source.dtype)
         for label, region in enumerate(amp.REGIONS, start=1):
-            weight[makeup_mask == label] = float(region_weights[region])
+            weight[makeup_mask == label] = float(region_weights.get(region, 1.0))  # 1.0: 'learned'
         change = strength * (0.5 * noise - 0.4 + self.shift) * weight[:, None]
         return (source + change + self.leak).clamp(-1, 1)
+
+
+class OneGeneratorDDA(FakeDDA):
+    """A DDA that takes a single generator per call (reads generator.device, as diffusers code does)."""
+
+    def img2img(self, source, makeup_mask, *, generator=None, **kwargs):
+        generator.device  # noqa: B018 (an AttributeError for a list, like the real thing)
+        return super().img2img(source, makeup_mask, generator=generator, **kwargs)
 
 
 @dataclass
@@ -191,13 +200,12 @@ def test_plan_names_seeds_and_batches(tmp_path):
 
 
 def test_style_groups_take_each_region_from_its_style(tmp_path):
+    cfg = load_config(amp.DEFAULT_CONFIG, ["checkpoint=a.pt"])
+    assert amp.style_groups(cfg) == [("a.pt", {})]  # the learned FGMM weights as they are
     cfg = load_config(amp.DEFAULT_CONFIG, ["checkpoint=a.pt", "region_weights.skin=0.5"])
-    assert amp.style_groups(cfg) == [("a.pt", {"eyes": 1.0, "lips": 1.0, "skin": 0.5})]
-    cfg = load_config(amp.DEFAULT_CONFIG, ["checkpoint=a.pt", "styles={lips: b.pt}"])
-    assert amp.style_groups(cfg) == [
-        ("a.pt", {"eyes": 1.0, "lips": 0.0, "skin": 1.0}),
-        ("b.pt", {"eyes": 0.0, "lips": 1.0, "skin": 0.0}),
-    ]
+    assert amp.style_groups(cfg) == [("a.pt", {"skin": 0.5})]
+    cfg = load_config(amp.DEFAULT_CONFIG, ["checkpoint=a.pt", "styles={lips: b.pt}", "region_weights.lips=0.7"])
+    assert amp.style_groups(cfg) == [("a.pt", {"lips": 0.0}), ("b.pt", {"eyes": 0.0, "skin": 0.0, "lips": 0.7})]
     assert amp.style_record(cfg) == {"eyes": "a.pt", "skin": "a.pt", "lips": "b.pt"}
 
 
@@ -258,7 +266,7 @@ def test_region_weight_zero_stays_the_source(inputs, accelerator, tmp_path):
         "region_weights.eyes=0.5",
         models={"fake.pt": dda},
     )
-    assert dda.calls[0]["region_weights"] == {"eyes": 0.5, "lips": 0.0, "skin": 1.0}
+    assert dda.calls[0]["region_weights"] == {"eyes": 0.5, "lips": 0.0}
     for record in [r for r in manifest(tmp_path / "out") if r["status"] == "ok"]:
         source, target, mask = (
             read_rgb(tmp_path / "out" / "source" / f"{record['name']}.png"),
@@ -273,7 +281,8 @@ def test_style_combination(inputs, accelerator, tmp_path):
     out = tmp_path / "out"
     models = {"fake.pt": FakeDDA(shift=0.0), "red.pt": FakeDDA(shift=0.8)}
     run_fake(inputs, out, accelerator, "styles={lips: red.pt}", "num_images=2", models=models)
-    assert models["red.pt"].calls[0]["region_weights"] == {"eyes": 0.0, "lips": 1.0, "skin": 0.0}
+    assert models["red.pt"].calls[0]["region_weights"] == {"eyes": 0.0, "skin": 0.0}
+    assert models["fake.pt"].calls[0]["region_weights"] == {"lips": 0.0}
     record = manifest(out)[0]
     assert record["style"] == {"eyes": "fake.pt", "lips": "red.pt", "skin": "fake.pt"}
     source = read_rgb(out / "source" / f"{record['name']}.png").astype(int)
@@ -293,6 +302,18 @@ def test_same_seed_same_images_other_seed_other_images(inputs, accelerator, tmp_
     assert all(a[k] != c[k] for k in targets)
     v0, v1 = sorted(targets)[:2]
     assert v0.endswith("_v00.png") and v1.endswith("_v01.png") and a[v0] != a[v1]
+
+
+def test_one_generator_dda_is_called_face_by_face_with_the_same_result(inputs, accelerator, tmp_path):
+    assert amp.takes_generator_lists(FakeDDA(), RES, torch.device("cpu"))
+    single = OneGeneratorDDA(leak=0.02)
+    single.takes_generator_lists = amp.takes_generator_lists(single, RES, torch.device("cpu"))
+    assert single.takes_generator_lists is False
+    single.calls.clear()
+    run_fake(inputs, tmp_path / "single", accelerator, models={"fake.pt": single})
+    assert {c["batch"] for c in single.calls} == {1}
+    run_fake(inputs, tmp_path / "lists", accelerator)
+    assert pair_bytes(tmp_path / "single") == pair_bytes(tmp_path / "lists")
 
 
 def test_stop_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
@@ -418,6 +439,8 @@ def test_keep_source_outside_makeup():
         ("strength=0.0", "strength"),
         ("batch_size=0", "batch_size"),
         ("styles={nose: a.pt}", "styles"),
+        ("region_weights.lips=-1", "region_weights"),
+        ("region_weights.lips=red", "region_weights"),
         ("checkpoint=missing.pt", "checkpoint"),
     ],
 )
