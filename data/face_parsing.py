@@ -299,11 +299,11 @@ def _eye_makeup(eye: np.ndarray, blocked: np.ndarray) -> np.ndarray:
         return np.zeros_like(eye)
     width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     lid = max(int(round(max(height, width * 0.3) * 1.1)), 2)  # lid height ~ eye-opening height, at least
-    side = max(int(round(width * 0.18)), 1)
+    side = max(int(round(width * 0.25)), 1)  # room for an eyeliner wing
     below = max(int(round(width * 0.08)), 1)
-    # Dilate with a kernel whose anchor sits low: the region grows `lid` up and `below` down.
+    # A kernel anchored `below` rows from its top: the dilation reaches `lid` rows up and `below` down.
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * side + 1, lid + below + 1))
-    grown = cv2.dilate(eye.astype(np.uint8), kernel, anchor=(side, lid)).astype(bool)
+    grown = cv2.dilate(eye.astype(np.uint8), kernel, anchor=(side, below)).astype(bool)
     return grown & ~eye & ~blocked
 
 

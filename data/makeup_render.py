@@ -113,7 +113,7 @@ def eyeliner(rgb: np.ndarray, parse: FaceParse, color, opacity: float, thickness
         fill_polygon(mask, smooth_closed(_liner_polygon(parse.landmarks, lash_line, thickness, wing), 4), 255)
     alpha = _blur(mask / 255.0, size / 700) * opacity
     eyes = np.isin(parse.fine, [FINE_LABELS["l_eye"], FINE_LABELS["r_eye"]])
-    alpha[eyes] *= 0.3  # a liner sits on the lashes, barely over the eyeball
+    alpha[eyes] = 0  # the liner sits on the lashes, never on the eyeball
     layer = np.broadcast_to(np.array(color, np.float32), rgb.shape)
     # Multiply, then mix: dark liner keeps a trace of the lashes' texture underneath.
     return _mix(rgb, np.minimum(layer, rgb * np.array(color, np.float32) / 255.0 + layer * 0.5), alpha)
@@ -135,7 +135,10 @@ def eyeshadow(rgb: np.ndarray, parse: FaceParse, color, opacity: float, extent: 
         centre, width = pts.mean(0), float(np.ptp(pts[:, 0]))
         height_above = -((xs - centre[0]) * y_axis[0] + (ys - centre[1]) * y_axis[1])  # > 0 above the centre
         weight = np.maximum(weight, np.exp(-np.clip(height_above, 0, None) / (extent * 0.45 * width + 1e-6)))
-    alpha = _blur(region * weight, size / 256) * region * opacity
+    # Eroded, then feathered: soft edges that stay inside the eye-makeup region.
+    sigma = size / 200
+    inside = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(int(sigma), 1))
+    alpha = np.minimum(_blur(inside * weight, sigma), region) * opacity
     multiplied = rgb * (np.array(color, np.float32) / 255.0)
     return _mix(rgb, multiplied, alpha)
 
