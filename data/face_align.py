@@ -111,7 +111,7 @@ class FaceAligner:
     def crop_with_matrix(self, matrix: np.ndarray, photo: np.ndarray) -> np.ndarray:
         scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
         flags = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-        return cv2.warpAffine(photo, matrix, (self.size, self.size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.warpAffine(photo, matrix, (self.size, self.size), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
 
     def crop_with(self, face: AlignedFace, photo: np.ndarray) -> np.ndarray:
         """Crop another photo of the same size through `face`'s affine (e.g. the "after" of a before/after pair)."""
