@@ -111,6 +111,7 @@ def check_config(cfg: DictConfig) -> None:
     for key, ok, expected in rules:
         if not ok:
             raise SystemExit(f"error: config key '{key}' must be {expected}, got {OmegaConf.select(cfg, key)!r}")
+    build_model(cfg)  # a bad model.* value stops here, before any data is read
 
 
 # --------------------------------------------------------------------------------------------

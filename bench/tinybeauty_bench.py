@@ -1,0 +1,165 @@
+"""TinyBeauty speed: parameters, MACs, latency (PyTorch, ONNX Runtime fp32 and int8), training throughput.
+
+    python bench/tinybeauty_bench.py
+    python bench/tinybeauty_bench.py --checkpoint tinybeauty_model/tinybeauty_best_psnr.pt --runs 50
+
+Latency is the median of `--runs` (>= 30) timed runs after warm-up, at batch 1 and per image at batch
+32, at the model's resolution (256 by default). Without a checkpoint the default config's untrained
+model is timed (same layers, same speed). int8 is calibrated on real faces when `--data` (default:
+../shared/data/pairs_style1) exists, on random images otherwise. The last line printed is the JSON;
+the machine's load average is in it, because a shared machine makes every number slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import count_parameters, get_device, load_checkpoint, load_config, setup_logging  # noqa: E402
+from models.tinybeauty import count_macs  # noqa: E402
+from tinybeauty_export import export_onnx, ort_session, quantize_int8  # noqa: E402
+from tinybeauty_training import DEFAULT_CONFIG, Losses, build_model, load_model_from_checkpoint  # noqa: E402
+
+
+def time_it(fn, runs: int, warmup: int = 3) -> float:
+    """Median wall time of `fn()` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return median(times)
+
+
+def latency(run_batch, size: int, runs: int, batch_runs: int) -> dict:
+    one = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    many = np.random.default_rng(1).uniform(-1, 1, (32, 3, size, size)).astype(np.float32)
+    return {
+        "batch1_ms": round(time_it(lambda: run_batch(one), runs), 3),
+        "batch32_ms_per_image": round(time_it(lambda: run_batch(many), batch_runs, warmup=1) / 32, 3),
+    }
+
+
+def torch_runner(model: torch.nn.Module, device: torch.device):
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def run(images: np.ndarray) -> None:
+        x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def ort_runner(path: Path, threads: int | None):
+    session = ort_session(path, threads)
+    return lambda images: session.run(None, {"source": images})
+
+
+def training_throughput(cfg, device: torch.device, steps: int) -> float:
+    """Images per second of full optimizer steps at the config's batch size and crop."""
+    model = build_model(cfg).to(device).to(memory_format=torch.channels_last).train()
+    losses, optimizer = Losses(cfg), torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    crop = cfg.train.crop_size or cfg.data.size
+    batch = {
+        "source": torch.rand(cfg.train.batch_size, 3, crop, crop, device=device) * 2 - 1,
+        "target": torch.rand(cfg.train.batch_size, 3, crop, crop, device=device) * 2 - 1,
+        "mask": torch.ones(cfg.train.batch_size, crop, crop, dtype=torch.long, device=device),
+        "has_mask": torch.ones(cfg.train.batch_size, dtype=torch.bool, device=device),
+    }
+    batch["source"] = batch["source"].contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        loss, _ = losses(model(batch["source"]), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return cfg.train.batch_size * steps / (time.perf_counter() - start)
+
+
+def calibration_faces(data: Path, size: int, count: int = 32) -> tuple[np.ndarray, str]:
+    from common import from_uint8
+    from data.io import list_images, read_rgb, resize_rgb
+
+    folder = data / "source"
+    if folder.is_dir() and list_images(folder):
+        faces = [from_uint8(np.array(resize_rgb(read_rgb(p), size))) for p in list_images(folder)[:count]]
+        return torch.stack(faces).numpy(), str(folder)
+    return np.random.default_rng(0).uniform(-1, 1, (count, 3, size, size)).astype(np.float32), "random"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="tinybeauty_*.pt (default: untrained default config)")
+    parser.add_argument("--data", default="../shared/data/pairs_style1", help="faces for int8 calibration")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs at batch 1 (>= 30)")
+    parser.add_argument("--batch-runs", type=int, default=5, help="timed runs at batch 32")
+    parser.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps for throughput")
+    parser.add_argument("--threads", type=int, default=None, help="ORT/PyTorch threads (default: all cores)")
+    args = parser.parse_args(argv)
+    if args.runs < 30:
+        raise SystemExit("error: --runs must be at least 30 (the median of 30 runs is the reported latency)")
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = get_device("auto")
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        cfg = load_config(DEFAULT_CONFIG, [f"data.size={state['config']['data']['size']}"])
+        model = load_model_from_checkpoint(state)
+    else:
+        cfg = load_config(DEFAULT_CONFIG)
+        model = build_model(cfg).eval()
+    size = cfg.data.size
+    result = {
+        "params": count_parameters(model),
+        "macs": count_macs(model, size),
+        "image_size": size,
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "checkpoint": args.checkpoint,
+    }
+    result["pytorch"] = latency(torch_runner(model, device), size, args.runs, args.batch_runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "tinybeauty_fp32.onnx", size)
+        calib, calib_source = calibration_faces(Path(args.data), size)
+        int8 = quantize_int8(fp32, Path(tmp) / "tinybeauty_int8.onnx", calib)
+        result["int8_calibration"] = calib_source
+        result["ort_fp32"] = latency(ort_runner(fp32, args.threads), size, args.runs, args.batch_runs)
+        result["ort_int8"] = latency(ort_runner(int8, args.threads), size, args.runs, args.batch_runs)
+        result["onnx_kb"] = {"fp32": round(fp32.stat().st_size / 1024, 1), "int8": round(int8.stat().st_size / 1024, 1)}
+    result["train_img_per_s"] = round(training_throughput(cfg, device, args.train_steps), 2)
+    result["train_setting"] = {"batch_size": cfg.train.batch_size, "crop_size": cfg.train.crop_size}
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

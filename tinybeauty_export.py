@@ -1,0 +1,265 @@
+"""Export a trained TinyBeauty to ONNX (fp32 and int8) and check both against PyTorch on real faces.
+
+    python tinybeauty_export.py --checkpoint tinybeauty_model/tinybeauty_best_psnr.pt --output export/
+    python tinybeauty_export.py --checkpoint CKPT --output DIR --data ../shared/data/pairs_style1 --quant dynamic
+
+Writes DIR/tinybeauty_fp32.onnx and DIR/tinybeauty_int8.onnx: input `source`, output `makeup`, both
+NCHW float32 in [-1, 1] at the training size (dynamic batch). int8 is onnxruntime's static QDQ
+quantization, per-channel weights, calibrated on real training faces (`--quant dynamic` for the
+weight-only alternative). The check runs PyTorch, ORT fp32 and ORT int8 on held-out faces (the run's
+split.json validation names when it sits next to the checkpoint): max abs error and PSNR between
+outputs, PSNR against the targets, file sizes. DIR/export_report.json holds it all; `--strict`
+exits with status 1 when a check fails (fp32 parity, int8 within 0.3 dB of PyTorch, int8 < 100 KB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import atomic_write_text, from_uint8, load_checkpoint, log, psnr, setup_logging
+from data.io import read_rgb, resize_rgb
+from data.paired import DatasetError, scan_pairs
+from tinybeauty_training import load_model_from_checkpoint
+
+INT8_LIMIT_KB = 100.0  # the seed's target for the phone model
+MAX_INT8_DROP_DB = 0.3
+MAX_FP32_ABS_ERROR = 1e-3
+
+
+def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) -> Path:
+    """TorchScript-based exporter (dynamo=False: the dynamo one needs onnxscript, which we do not install)."""
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, size, size)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=["source"],
+        output_names=["makeup"],
+        dynamic_axes={"source": {0: "batch"}, "makeup": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    return path
+
+
+def tail_nodes(onnx_path: Path) -> list[str]:
+    """The final `input + residual` Add and the Clip after it: kept in float so int8 does not requantise the face."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    names, node = [], producer.get(graph.output[0].name)
+    while node is not None and node.op_type in ("Clip", "Add", "Min", "Max") and len(names) < 4:
+        names.append(node.name)
+        node = producer.get(node.input[0]) if node.op_type != "Add" else None
+    return names
+
+
+def quantize_int8(
+    fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str = "static", fmt: str = "qdq"
+) -> Path:
+    """int8 weights (and activations for `static`, calibrated with MinMax on `calibration` (N, 3, S, S))."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    logging.getLogger("root").setLevel(logging.WARNING)  # the quantizer logs every node at INFO
+    if mode == "dynamic":
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+        return compact_names(int8_path)
+
+    class Faces(CalibrationDataReader):
+        def __init__(self, images: np.ndarray):
+            self.batches = iter([{"source": images[i : i + 1]} for i in range(len(images))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(
+        str(fp32_path),
+        str(int8_path),
+        Faces(calibration.astype(np.float32)),
+        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+        per_channel=True,  # depthwise kernels differ a lot in range: one scale per channel
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=tail_nodes(fp32_path),
+        # Biases stay float: int32 biases need per-channel scale arrays next to them, which cost more
+        # bytes than they save on a model this small (~8 KB of the 100 KB budget).
+        extra_options={"QuantizeBias": False},
+    )
+    return compact_names(int8_path)
+
+
+def compact_names(path: Path) -> Path:
+    """Rename internal tensors to short ids and drop node names and value_info (rewrites `path`).
+
+    The exporter's and quantizer's names (`/decoders.0/decoders.0.1/conv/conv.1/Conv_output_0_DequantizeLinear`)
+    are about a third of the int8 file; the graph's input and output keep their names.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_run(session, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    outputs = [session.run(None, {"source": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    return np.concatenate(outputs)
+
+
+def load_faces(names: list[str], by_name: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, S, S) float32 sources and targets in [-1, 1]."""
+    sources = [from_uint8(np.array(resize_rgb(read_rgb(by_name[n].source), size))) for n in names]
+    targets = [from_uint8(np.array(resize_rgb(read_rgb(by_name[n].target), size))) for n in names]
+    return torch.stack(sources).numpy(), torch.stack(targets).numpy()
+
+
+def real_faces(checkpoint: Path, data_root: str, size: int, n_calib: int, n_eval: int, seed: int):
+    """Calibration faces from the training split, check faces from the validation split (split.json)."""
+    try:
+        pairs = {p.name: p for p in scan_pairs(data_root, verify=False).pairs}
+    except DatasetError as err:
+        raise SystemExit(
+            f"error: real faces are needed for calibration and the check: {err} (use --data ROOT)"
+        ) from None
+    split_path = checkpoint.parent / "split.json"
+    if split_path.is_file():
+        split = json.loads(split_path.read_text())
+        train, val = [n for n in split["train"] if n in pairs], [n for n in split["val"] if n in pairs]
+    else:
+        names = sorted(pairs)
+        order = np.random.default_rng(seed).permutation(len(names))
+        val = [names[i] for i in order[:n_eval]]
+        train = [names[i] for i in order[n_eval:]] or val
+    log.info("faces from %s: %d for calibration, %d for the check (%s)", data_root, min(n_calib, len(train)),
+             min(n_eval, len(val)), "split.json" if split_path.is_file() else "seeded pick")  # fmt: skip
+    calib, _ = load_faces(train[:n_calib], pairs, size)
+    eval_source, eval_target = load_faces(val[:n_eval], pairs, size)
+    return calib, eval_source, eval_target
+
+
+def compare(reference: np.ndarray, other: np.ndarray, target: np.ndarray) -> dict:
+    ref, oth, tgt = (torch.from_numpy(a) for a in (reference, other, target))
+    return {
+        "max_abs_error": float((ref - oth).abs().max()),
+        "psnr_vs_pytorch": float(psnr(oth, ref).clamp_max(100).mean()),
+        "psnr_vs_target": float(psnr(oth, tgt).mean()),
+    }
+
+
+def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib: int = 64, n_eval: int = 30,
+           quant: str = "static") -> dict:  # fmt: skip
+    state = load_checkpoint(checkpoint)
+    model = load_model_from_checkpoint(state, "cpu")
+    cfg = state["config"]
+    size = int(cfg["data"]["size"])
+    calib, sources, targets = real_faces(
+        checkpoint, data_root or cfg["data"]["root"], size, n_calib, n_eval, int(cfg["seed"])
+    )
+
+    fp32_path = export_onnx(model, output / "tinybeauty_fp32.onnx", size)
+    int8_path = quantize_int8(fp32_path, output / "tinybeauty_int8.onnx", calib, quant)
+    with torch.no_grad():
+        torch_out = model(torch.from_numpy(sources)).numpy()
+    fp32_out = ort_run(ort_session(fp32_path), sources)
+    int8_out = ort_run(ort_session(int8_path), sources)
+    torch_vs_target = float(psnr(torch.from_numpy(torch_out), torch.from_numpy(targets)).mean())
+    identity = float(psnr(torch.from_numpy(sources), torch.from_numpy(targets)).mean())
+    report = {
+        "stage": "tinybeauty_export",
+        "checkpoint": str(checkpoint),
+        "image_size": size,
+        "quantization": quant,
+        "faces_calibration": len(calib),
+        "faces_checked": len(sources),
+        "identity_psnr": identity,
+        "pytorch_psnr_vs_target": torch_vs_target,
+        "fp32": {"path": str(fp32_path), "size_kb": fp32_path.stat().st_size / 1024,
+                 **compare(torch_out, fp32_out, targets)},
+        "int8": {"path": str(int8_path), "size_kb": int8_path.stat().st_size / 1024,
+                 **compare(torch_out, int8_out, targets)},
+    }  # fmt: skip
+    report["int8"]["drop_db_vs_pytorch"] = torch_vs_target - report["int8"]["psnr_vs_target"]
+    report["checks"] = {
+        "fp32_matches_pytorch": report["fp32"]["max_abs_error"] <= MAX_FP32_ABS_ERROR,
+        "int8_within_0.3db": report["int8"]["drop_db_vs_pytorch"] <= MAX_INT8_DROP_DB,
+        "int8_under_100kb": report["int8"]["size_kb"] < INT8_LIMIT_KB,
+    }
+    atomic_write_text(output / "export_report.json", json.dumps(report, indent=1))
+    log_report(report)
+    return report
+
+
+def log_report(report: dict) -> None:
+    log.info("PyTorch vs target: %.2f dB (identity %.2f dB) on %d held-out faces",
+             report["pytorch_psnr_vs_target"], report["identity_psnr"], report["faces_checked"])  # fmt: skip
+    for kind in ("fp32", "int8"):
+        r = report[kind]
+        log.info("%s: %s  %.1f KB  max |err| vs PyTorch %.2e  PSNR vs PyTorch %.2f dB  vs target %.2f dB",
+                 kind, r["path"], r["size_kb"], r["max_abs_error"], r["psnr_vs_pytorch"], r["psnr_vs_target"])  # fmt: skip
+    log.info("int8 loses %.3f dB against the targets compared with PyTorch", report["int8"]["drop_db_vs_pytorch"])
+    for name, ok in report["checks"].items():
+        (log.info if ok else log.warning)("check %s: %s", name, "ok" if ok else "FAILED")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="tinybeauty_*.pt from tinybeauty_training.py")
+    parser.add_argument("--output", required=True, help="folder for the .onnx files and export_report.json")
+    parser.add_argument(
+        "--data", default=None, help="paired faces for calibration/check (default: the run's data.root)"
+    )
+    parser.add_argument("--calib", type=int, default=64, help="calibration faces (default: %(default)s)")
+    parser.add_argument("--faces", type=int, default=30, help="held-out faces for the check (default: %(default)s)")
+    parser.add_argument("--quant", choices=("static", "dynamic"), default="static", help="int8 mode (default: static)")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
+    args = parser.parse_args(argv)
+    setup_logging()
+    report = export(Path(args.checkpoint), Path(args.output), args.data, args.calib, args.faces, args.quant)
+    if args.strict and not all(report["checks"].values()):
+        raise SystemExit(1)
+    return report
+
+
+if __name__ == "__main__":
+    main()

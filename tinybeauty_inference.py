@@ -1,0 +1,137 @@
+"""Apply a trained TinyBeauty to face images or whole photos.
+
+    python tinybeauty_inference.py --checkpoint tinybeauty_model/tinybeauty_best_psnr.pt --input faces/ --output out/
+    python tinybeauty_inference.py --checkpoint CKPT --input photo.jpg --output out/ --full-photo
+
+One PNG per input, with the input's stem, at the input's size. The makeup residual is predicted at
+the model's resolution (`data.size` of the checkpoint's config) and resized to the input's size
+before it is added, so a large face keeps its own detail and only the makeup is upsampled.
+`--full-photo` finds every face in a photo (data.face_align), applies the model to each aligned face
+and pastes it back with a feathered edge; a photo without a face is written unchanged and reported.
+OUTPUT_DIR/summary.json lists what went in and came out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import (
+    atomic_save_image,
+    atomic_write_text,
+    from_uint8,
+    get_device,
+    load_checkpoint,
+    log,
+    setup_logging,
+    to_uint8,
+)
+from data.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_rgb, resize_rgb
+from tinybeauty_training import load_model_from_checkpoint
+
+
+def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """(model in eval mode, the resolution it was trained at) from a tinybeauty_*.pt file."""
+    state = load_checkpoint(checkpoint)
+    model = load_model_from_checkpoint(state, device)
+    return model, int(state["config"]["data"]["size"])
+
+
+@torch.no_grad()
+def apply_makeup(model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device) -> np.ndarray:
+    """(H, W, 3) uint8 face of any size -> (H, W, 3) uint8 with makeup."""
+    height, width = image.shape[:2]
+    small = from_uint8(np.array(resize_rgb(image, size)))[None].to(device)  # (1, 3, size, size) in [-1, 1]
+    makeup_residual = model.residual(small).float()  # (1, 3, size, size)
+    if (height, width) != (size, size):
+        makeup_residual = F.interpolate(makeup_residual, size=(height, width), mode="bilinear", align_corners=False)
+    full = from_uint8(image)[None].to(device)  # (1, 3, H, W)
+    return to_uint8((full + makeup_residual).clamp(-1, 1)[0])
+
+
+def collect_inputs(path: Path) -> list[Path]:
+    if path.is_dir():
+        inputs = list_images(path)
+        if not inputs:
+            raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        return inputs
+    if path.is_file():
+        return [path]
+    raise SystemExit(f"error: input not found: {path}")
+
+
+def process_photo(photo: np.ndarray, face_fn: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+    """Every face of a photo through `face_fn`; (photo, number of faces). Imported lazily: mediapipe is slow."""
+    from data.face_align import process_full_photo
+
+    return process_full_photo(photo, face_fn)
+
+
+def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bool = False, device: str = "auto"):
+    torch_device = get_device(device)
+    model, size = load_model(checkpoint, torch_device)
+    log.info("model from %s (trained at %dx%d), %d input(s), device %s", checkpoint, size, size, len(inputs), device)
+
+    def face_fn(face: np.ndarray) -> np.ndarray:
+        return apply_makeup(model, face, size, torch_device)
+
+    written, skipped, no_face, faces_total, start = [], [], [], 0, time.time()
+    for path in tqdm(inputs, desc="inference", disable=None):
+        try:
+            image = read_rgb(path)
+        except ImageReadError as err:
+            log.warning("skipped: %s", err)
+            skipped.append(str(path))
+            continue
+        if full_photo:
+            result, faces = process_photo(image, face_fn)
+            faces_total += faces
+            if faces == 0:
+                log.warning("no face found in %s: written unchanged", path)
+                no_face.append(str(path))
+        else:
+            result = face_fn(image)
+        out_path = output / f"{path.stem}.png"
+        atomic_save_image(result, out_path)
+        written.append(str(out_path))
+    summary = {
+        "stage": "tinybeauty_inference",
+        "checkpoint": str(checkpoint),
+        "model_size": size,
+        "full_photo": full_photo,
+        "inputs": len(inputs),
+        "written": len(written),
+        "skipped": skipped,
+        "faces": faces_total if full_photo else None,
+        "photos_without_face": no_face if full_photo else None,
+        "seconds": round(time.time() - start, 2),
+    }
+    atomic_write_text(output / "summary.json", json.dumps(summary, indent=1))
+    log.info("%d image(s) written to %s, %d skipped%s", len(written), output, len(skipped),
+             f", {faces_total} face(s) in {len(inputs)} photo(s)" if full_photo else "")  # fmt: skip
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="tinybeauty_*.pt from tinybeauty_training.py")
+    parser.add_argument("--input", required=True, help="an image or a folder of images")
+    parser.add_argument("--output", required=True, help="folder for the results (one PNG per input)")
+    parser.add_argument("--full-photo", action="store_true", help="find, align and process every face of a photo")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+    args = parser.parse_args(argv)
+    setup_logging()
+    inputs = collect_inputs(Path(args.input))
+    return run(args.checkpoint, inputs, Path(args.output), args.full_photo, args.device)
+
+
+if __name__ == "__main__":
+    main()
