@@ -60,18 +60,23 @@ class RDM(nn.Module):
 
 
 class _LoraOff:
-    """Context manager: the UNet's peft adapters off inside, back on after (no-op without adapters)."""
+    """Context manager: the UNet's peft adapters off inside, restored to their previous state after."""
 
     def __init__(self, unet: nn.Module):
         self.unet = unet
-        self.active = bool(getattr(unet, "_hf_peft_config_loaded", False))
+        self.was_enabled = False
+        if getattr(unet, "_hf_peft_config_loaded", False):
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+            self.was_enabled = any(not layer.disable_adapters for layer in layers)
 
     def __enter__(self):
-        if self.active:
+        if self.was_enabled:
             self.unet.disable_adapters()
         return self.unet
 
     def __exit__(self, *exc):
-        if self.active:
+        if self.was_enabled:
             self.unet.enable_adapters()
         return False

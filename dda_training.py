@@ -1,0 +1,409 @@
+"""Stage 2: train the Diffusion-based Data Amplifier (DDA) on five before/after pairs.
+
+    python dda_training.py                                    # configs/dda.yaml: SD 1.5, 500 epochs, 512x512
+    python dda_training.py data.root=seed_pairs model.pretrained=/models/sd15 output_dir=dda_model
+    python dda_training.py --resume dda_model/dda_checkpoint_epoch_100.pt   # continue exactly
+    # CPU smoke run on the tiny offline model:
+    python -m models.tiny_sd runs/tiny_sd
+    python dda_training.py model.pretrained=runs/tiny_sd train.resolution=64 train.epochs=3 wandb.mode=disabled
+
+TinyBeauty (ECCV 2024), Data Amplify Learning, stage 2: Stable Diffusion 1.5 learns one makeup style
+from the seed pairs through a LoRA, with the Residual Diffusion Model (RDM, learnable alpha) keeping
+the face's fine detail and the Fine-Grained Makeup Module (FGMM, learnable region weights) putting
+makeup only on eyes, lips and skin. Stage 3 (`dda_amplify.py`) then makes thousands of pairs with it.
+How the source conditions training and generation: see `models/dda.py`.
+
+Loss per step (weights in `loss.*`): diffusion MSE on the predicted noise + region-weighted L1 of
+the composite (source + FGMM makeup) against the target + Sobel eyeliner loss in the eye region.
+
+Writes to `output_dir` (default `dda_model/`): `dda_checkpoint_epoch_{E}.pt` every
+`train.checkpoint_every` epochs, `sample_epoch_{E}.png` every `train.sample_every` epochs (per seed
+pair: source | DDA output | target, plus one face the DDA never saw), `dda_final.pt`,
+`pytorch_lora_weights.safetensors` (+ `dda_modules.json`), `summary.json`, `config.yaml`, `train.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from common import (
+    WandbLogger,
+    atomic_save_image,
+    atomic_write_text,
+    config_to_dict,
+    count_parameters,
+    format_seconds,
+    get_device,
+    get_rng_state,
+    load_checkpoint,
+    log,
+    make_grid,
+    parse_stage_args,
+    prepare_run_dir,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    to_uint8,
+)
+from data.io import ImageReadError, list_images, read_rgb, resize_rgb
+from data.paired import EYE, LIPS, SKIN, DatasetError, PairedDataset, scan_pairs
+from losses import EyelinerLoss, L1Loss
+from models.dda import DDA, build_dda
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dda.yaml"
+SAMPLE_FACES = Path(__file__).resolve().parent / "data" / "samples" / "faces"
+REGION_LABELS = {"background": 0, "eyes": EYE, "lips": LIPS, "skin": SKIN}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def _parse_makeup(rgb: np.ndarray) -> np.ndarray | None:
+    """Makeup-region labels from the face parser (imported lazily: mediapipe is slow to load)."""
+    from data.face_parsing import FaceParser
+
+    if not hasattr(_parse_makeup, "parser"):
+        _parse_makeup.parser = FaceParser()
+    parse = _parse_makeup.parser.parse(rgb)
+    return None if parse is None else np.asarray(parse.makeup, np.uint8)
+
+
+def _fill_missing_masks(pairs, mask_dir: Path) -> None:
+    """Pairs without a mask get one from the face parser, written to `mask_dir` (the dataset reads it there)."""
+    missing = [pair for pair in pairs if pair.mask is None]
+    if not missing:
+        return
+    log.info("computing makeup masks with the face parser for %d pair(s) -> %s", len(missing), mask_dir)
+    for pair in missing:
+        makeup = _parse_makeup(read_rgb(pair.source))
+        if makeup is None:
+            log.warning("no face found in %s: training on it without a mask (FGMM treats it all as skin)", pair.source)
+            continue
+        path = mask_dir / f"{pair.name}.png"
+        atomic_save_image(makeup, path)
+        pair.mask = path
+
+
+def _check_sizes(pairs) -> None:
+    for pair in pairs:
+        with Image.open(pair.source) as s, Image.open(pair.target) as t:
+            if s.size != t.size:
+                raise SystemExit(
+                    f"error: pair '{pair.name}': {pair.source} is {s.size[0]}x{s.size[1]} but {pair.target} is "
+                    f"{t.size[0]}x{t.size[1]}; a source and its target must be the same size (data.root)"
+                )
+
+
+def build_data(cfg, run_dir: Path) -> tuple[PairedDataset, list]:
+    try:
+        scan = scan_pairs(cfg.data.root)
+    except DatasetError as err:
+        raise SystemExit(f"error: config key 'data.root': {err}") from None
+    for line in scan.skipped + scan.warnings:
+        log.warning("%s", line)
+    pairs = scan.pairs[: cfg.data.num_pairs] if cfg.data.num_pairs > 0 else scan.pairs
+    _check_sizes(pairs)
+    _fill_missing_masks(pairs, run_dir / "masks")
+    log.info("seed pairs (%d): %s", len(pairs), ", ".join(p.name for p in pairs))
+    dataset = PairedDataset(pairs, size=cfg.train.resolution, hflip=cfg.data.hflip, cache=True)
+    return dataset, pairs
+
+
+def find_holdout_face(cfg, train_names: set[str]) -> Path | None:
+    """`data.holdout_face`, else the first face in data/samples/faces/, else the first unused source."""
+    if cfg.data.holdout_face:
+        path = Path(cfg.data.holdout_face)
+        if not path.is_file():
+            raise SystemExit(f"error: config key 'data.holdout_face': file not found: {path}")
+        return path
+    if SAMPLE_FACES.is_dir():
+        faces = list_images(SAMPLE_FACES)
+        if faces:
+            return faces[0]
+    for path in list_images(Path(cfg.data.root) / "source"):
+        if path.stem not in train_names:
+            return path
+    return None
+
+
+def load_holdout(path: Path | None, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(1, 3, S, S) face in [-1, 1] and (1, S, S) makeup labels (all skin when no face is parsed)."""
+    if path is None:
+        return None
+    try:
+        rgb = resize_rgb(read_rgb(path), size)
+    except ImageReadError as err:
+        log.warning("held-out face skipped: %s", err)
+        return None
+    try:
+        makeup = _parse_makeup(rgb)
+    except Exception as err:  # the parser is optional for samples: never stop a run over it
+        log.warning("face parser unavailable for the held-out face (%s): using an all-skin mask", err)
+        makeup = None
+    mask = np.full((size, size), SKIN, np.uint8) if makeup is None else makeup
+    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()[None] / 127.5 - 1.0
+    return image, torch.from_numpy(mask).long()[None]
+
+
+# --------------------------------------------------------------------------------------------
+# Model, optimizer, losses
+# --------------------------------------------------------------------------------------------
+def build_model(cfg, device: torch.device) -> tuple[DDA, bool]:
+    use_fp16 = device.type == "cuda" and cfg.model.mixed_precision == "fp16"
+    if cfg.model.mixed_precision not in ("fp16", "no"):
+        raise SystemExit("error: config key 'model.mixed_precision' must be fp16 or no")
+    dda = build_dda(cfg, device=device, dtype=torch.float16 if use_fp16 else torch.float32)
+    dda.set_trainable()
+    for group in dda.trainable_parameters().values():  # trainable weights stay fp32 (diffusers' cast_training_params)
+        for p in group:
+            p.data = p.data.float()
+    if cfg.model.gradient_checkpointing:
+        dda.unet.enable_gradient_checkpointing()
+        dda.vae.enable_gradient_checkpointing()
+    return dda, use_fp16
+
+
+def parameter_counts(dda: DDA) -> dict[str, int]:
+    groups = dda.trainable_parameters()
+    counts = {name: sum(p.numel() for p in params) for name, params in groups.items()}
+    counts["total_trainable"] = count_parameters(dda, trainable_only=True)
+    counts["frozen"] = count_parameters(dda) - counts["total_trainable"]
+    return counts
+
+
+def build_optimizer(cfg, dda: DDA) -> torch.optim.Adam:
+    groups = dda.trainable_parameters()
+    return torch.optim.Adam(
+        [
+            {"params": groups["lora"], "lr": cfg.train.lr, "name": "lora"},
+            {"params": groups["rdm_alpha"] + groups["fgmm"], "lr": cfg.train.scalar_lr, "name": "rdm_fgmm"},
+        ]
+    )
+
+
+class DDALoss(torch.nn.Module):
+    """Diffusion MSE + region-weighted L1 + Sobel eyeliner; returns the total and each term."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.diffusion_weight = float(cfg.loss.diffusion)
+        self.l1 = L1Loss(cfg.loss.l1)
+        self.eyeliner = EyelinerLoss(cfg.loss.eyeliner, eye_label=EYE)
+        table = torch.zeros(4)
+        for region, weight in cfg.loss.region_weights.items():
+            if region not in REGION_LABELS:
+                raise SystemExit(f"error: config key 'loss.region_weights.{region}': unknown region")
+            table[REGION_LABELS[region]] = float(weight)
+        self.register_buffer("region_table", table)
+
+    def forward(self, out: dict, target: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> dict:
+        terms = {
+            "diffusion": self.diffusion_weight * torch.nn.functional.mse_loss(out["noise_pred"], out["noise_target"])
+        }
+        pixel_weight = self.region_table.to(mask.device)[mask].unsqueeze(1)  # (B, 1, H, W)
+        terms["l1"] = self.l1(out["composite"], target, pixel_weight=pixel_weight)
+        terms["eyeliner"] = self.eyeliner(out["composite"], target, mask, has_mask)
+        terms["total"] = sum(terms.values())
+        return terms
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def train_epoch(dda, loader, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress) -> dict:
+    device = dda.device
+    totals: dict[str, float] = {}
+    for batch in loader:
+        source, target = batch["source"].to(device), batch["target"].to(device)
+        has_mask = batch["has_mask"].to(device)
+        # A pair with no mask is all skin for FGMM (its eyeliner loss then covers the whole image).
+        mask = torch.where(
+            has_mask.view(-1, 1, 1), batch["mask"].to(device), torch.full_like(batch["mask"], SKIN).to(device)
+        )
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
+            out = dda.training_forward(source, target, mask)
+            terms = loss_fn(out, target, mask, has_mask)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms["total"]).backward()
+        scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        state["global_step"] += 1
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0.0) + v
+        module_values = {"rdm_alpha": float(dda.rdm.alpha.detach())}
+        module_values.update({f"fgmm_{k}": v for k, v in dda.fgmm.weights().items()})
+        wandb.log({**{f"loss/{k}": v for k, v in values.items()}, **module_values}, step=state["global_step"])
+        progress.update(1)
+        progress.set_postfix(loss=f"{values['total']:.4f}", alpha=f"{module_values['rdm_alpha']:.3f}")
+    return {k: v / max(len(loader), 1) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def save_samples(dda: DDA, dataset: PairedDataset, holdout, cfg, epoch: int, run_dir: Path, wandb) -> Path:
+    """Per seed pair: source | DDA output | target; then the held-out face: face | DDA output."""
+    dda.eval()
+    generator = torch.Generator().manual_seed(cfg.train.sample_seed)
+    rows = []
+    settings = dict(
+        strength=cfg.diffusion.strength, num_steps=cfg.diffusion.num_steps, scheduler=cfg.diffusion.scheduler
+    )
+    for index in range(len(dataset)):
+        source, target, mask = (torch.from_numpy(np.ascontiguousarray(a)) for a in _unflipped(dataset, index))
+        output = dda.img2img(source[None], mask[None], generator=generator, **settings)
+        rows.append([to_uint8(source), to_uint8(output[0]), to_uint8(target)])
+    if holdout is not None:
+        face, mask = holdout
+        output = dda.img2img(face, mask, generator=generator, **settings)
+        rows.append([to_uint8(face[0]), to_uint8(output[0])])
+    dda.train()
+    path = atomic_save_image(
+        make_grid(rows, labels=["source", "DDA output", "target"]), run_dir / f"sample_epoch_{epoch}.png"
+    )
+    image = wandb.image(path, caption=f"epoch {epoch}")
+    if image is not None:
+        wandb.log({"samples": image}, step=None)
+    return path
+
+
+def _unflipped(dataset: PairedDataset, index: int):
+    """(3, S, S) source and target in [-1, 1] and (S, S) labels, without the random flip (fixed samples)."""
+    source, target, mask = dataset.load_arrays(index)
+    mask = np.full(source.shape[:2], SKIN, np.uint8) if mask is None else mask
+    to = lambda a: a.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0  # noqa: E731
+    return to(source), to(target), mask.astype(np.int64)
+
+
+def checkpoint_state(dda, optimizer, scaler, cfg, epoch, state, last_terms) -> dict:
+    return {
+        "dda": dda.state(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "global_step": state["global_step"],
+        "rng": get_rng_state(),
+        "config": config_to_dict(cfg),
+        "last_loss": last_terms,
+        "seconds": state["seconds"],
+    }
+
+
+def resume(path: str, dda, optimizer, scaler, state) -> int:
+    ckpt = load_checkpoint(path)
+    if "dda" not in ckpt or "optimizer" not in ckpt:
+        raise SystemExit(f"error: {path} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)")
+    dda.load_state(ckpt["dda"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    state["global_step"], state["seconds"] = ckpt["global_step"], ckpt.get("seconds", 0.0)
+    log.info("resumed from %s at epoch %d (step %d)", path, ckpt["epoch"], ckpt["global_step"])
+    return int(ckpt["epoch"])
+
+
+def write_summary(run_dir, cfg, dda, pairs, counts, state, last_terms, holdout_path, epochs_run, use_fp16) -> dict:
+    summary = {
+        "stage": "dda_training",
+        "pretrained": str(cfg.model.pretrained),
+        "data_root": str(cfg.data.root),
+        "num_pairs": len(pairs),
+        "pairs": [p.name for p in pairs],
+        "holdout_face": str(holdout_path) if holdout_path else None,
+        "resolution": int(cfg.train.resolution),
+        "epochs": int(cfg.train.epochs),
+        "epochs_this_run": epochs_run,
+        "steps": state["global_step"],
+        "final_loss": last_terms,
+        "rdm_alpha": float(dda.rdm.alpha.detach()),
+        "fgmm_weights": dda.fgmm.weights(),
+        "trainable_params": counts,
+        "lora": {"rank": dda.lora_rank, "alpha": dda.lora_alpha},
+        "device": str(dda.device),
+        "mixed_precision": "fp16" if use_fp16 else "no",
+        "seconds": round(state["seconds"], 2),
+        "seconds_per_step": round(state["seconds"] / max(state["steps_timed"], 1), 4) if state["steps_timed"] else None,
+        "outputs": {"final": "dda_final.pt", "lora": "pytorch_lora_weights.safetensors", "modules": "dda_modules.json"},
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
+    run_dir = prepare_run_dir(cfg)
+    seed_everything(cfg.seed)
+    device = get_device(cfg.device)
+    dataset, pairs = build_data(cfg, run_dir)
+    holdout_path = find_holdout_face(cfg, {p.name for p in pairs})
+    holdout = load_holdout(holdout_path, cfg.train.resolution)
+    dda, use_fp16 = build_model(cfg, device)
+    counts = parameter_counts(dda)
+    log.info(
+        "trainable: LoRA %(lora)d, RDM alpha %(rdm_alpha)d, FGMM %(fgmm)d = %(total_trainable)d; frozen %(frozen)d",
+        counts,
+    )
+    optimizer = build_optimizer(cfg, dda)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+    loss_fn = DDALoss(cfg).to(device)
+    state = {"global_step": 0, "seconds": 0.0, "steps_timed": 0}
+    start_epoch = resume(args.resume, dda, optimizer, scaler, state) if args.resume else 0
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=False)
+    wandb = WandbLogger(cfg, run_dir, name="dda")
+    last_terms: dict = {}
+    total_steps = (cfg.train.epochs - start_epoch) * len(loader)
+    log.info(
+        "training %d epoch(s) x %d step(s) on %s, resolution %d",
+        cfg.train.epochs - start_epoch,
+        len(loader),
+        device,
+        cfg.train.resolution,
+    )
+    dda.train()
+    with tqdm(total=total_steps, desc="dda", unit="step", dynamic_ncols=True) as progress:
+        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+            started = time.perf_counter()
+            last_terms = train_epoch(dda, loader, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress)
+            state["seconds"] += time.perf_counter() - started
+            state["steps_timed"] += len(loader)
+            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
+                ckpt = checkpoint_state(dda, optimizer, scaler, cfg, epoch, state, last_terms)
+                save_checkpoint(ckpt, run_dir / f"dda_checkpoint_epoch_{epoch}.pt")
+            if epoch % cfg.train.sample_every == 0 or epoch == cfg.train.epochs:
+                save_samples(dda, dataset, holdout, cfg, epoch, run_dir, wandb)
+            log.info(
+                "epoch %d: %s | alpha %.4f | fgmm %s",
+                epoch,
+                _fmt(last_terms),
+                float(dda.rdm.alpha.detach()),
+                _fmt(dda.fgmm.weights()),
+            )
+    final = checkpoint_state(dda, optimizer, scaler, cfg, cfg.train.epochs, state, last_terms)
+    save_checkpoint(
+        {k: v for k, v in final.items() if k not in ("optimizer", "scaler", "rng")}, run_dir / "dda_final.pt"
+    )
+    dda.save_lora(run_dir)
+    summary = write_summary(
+        run_dir, cfg, dda, pairs, counts, state, last_terms, holdout_path, cfg.train.epochs - start_epoch, use_fp16
+    )
+    wandb.finish()
+    log.info("done in %s: %s", format_seconds(state["seconds"]), run_dir / "dda_final.pt")
+    return summary
+
+
+def _fmt(values: dict) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in values.items())
+
+
+if __name__ == "__main__":
+    main()

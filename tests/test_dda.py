@@ -1,0 +1,337 @@
+"""Stage 2 (DDA) on the tiny offline SD model, CPU: models/dda.py, rdm.py, fgmm.py, tiny_sd.py, dda_training.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common import psnr, to_uint8
+from tests.conftest import REPO, write_synthetic_pairs
+
+RES = 32  # tiny: latent 16x16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two shared cores: more than one intra-op thread makes the tiny model 10-20x slower here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    from models.tiny_sd import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+
+
+@pytest.fixture(scope="session")
+def pairs5(tmp_path_factory) -> Path:
+    return write_synthetic_pairs(tmp_path_factory.mktemp("pairs") / "pairs", n=5, size=RES)
+
+
+def make_dda(tiny_sd, rank=4, lora_alpha=8.0, randomize_lora=True, seed=0):
+    from models.dda import DDA, load_base_model
+
+    torch.manual_seed(seed)
+    dda = DDA(
+        load_base_model(tiny_sd), prompt="a face with sks makeup", resolution=RES, lora_rank=rank, lora_alpha=lora_alpha
+    )
+    dda.set_trainable()
+    if randomize_lora:  # peft's gaussian init has lora_B = 0 (no effect): give the LoRA a visible effect
+        with torch.no_grad():
+            for name, p in dda.unet.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    return dda.eval()
+
+
+def face_batch(batch=2, size=RES, seed=0):
+    """Smooth random images and a mask with eyes, lips, skin and background."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, 4, 4, generator=g) * 1.6 - 0.8
+    source = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    source = source.clamp(-1, 1)
+    mask = torch.zeros(batch, size, size, dtype=torch.long)
+    mask[:, 4:28, 4:28] = 3
+    mask[:, 8:12, 6:14] = 1
+    mask[:, 22:26, 10:22] = 2
+    return source, mask
+
+
+def cli_config(tiny_sd, root, out, *extra):
+    return [
+        f"model.pretrained={tiny_sd}",
+        f"data.root={root}",
+        f"output_dir={out}",
+        f"train.resolution={RES}",
+        "lora.rank=4",
+        "lora.alpha=8.0",
+        "wandb.mode=disabled",
+        "diffusion.num_steps=4",
+        "diffusion.strength=0.5",
+        *extra,
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# FGMM
+# --------------------------------------------------------------------------------------------
+def test_fgmm_weight_map_and_exact_zero():
+    from models.fgmm import FGMM
+
+    fgmm = FGMM(eyes=0.5, lips=2.0, skin=1.0)
+    mask = torch.tensor([[[0, 1, 2, 3]]])
+    assert fgmm.weight_map(mask).flatten().tolist() == [0.0, 0.5, 2.0, 1.0]
+    assert fgmm.weight_map(mask, {"skin": 0.0}).flatten().tolist() == [0.0, 0.5, 2.0, 0.0]
+    signal = torch.tensor([[[[float("nan"), 1.0, 1.0, float("inf")]]]])
+    out = fgmm(signal, mask, {"skin": 0.0})
+    assert out.flatten().tolist() == [0.0, 0.5, 2.0, 0.0]  # exact zeros even for non-finite signals
+    with pytest.raises(ValueError, match="unknown FGMM region"):
+        fgmm.weight_map(mask, {"nose": 1.0})
+    # learned weights get gradients through the map
+    fgmm(torch.ones(1, 1, 1, 4), mask).sum().backward()
+    assert fgmm.region_weights.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny SD and base-model errors
+# --------------------------------------------------------------------------------------------
+def test_tiny_sd_loads_as_a_pipeline(tiny_sd):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    assert pipe.tokenizer.model_max_length == 77
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    ids = pipe.tokenizer("a face", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and ids[0] == pipe.tokenizer.bos_token_id
+
+
+def test_bad_pretrained_messages(tmp_path, monkeypatch):
+    from models.dda import load_base_model
+
+    with pytest.raises(SystemExit, match="model.pretrained.*not found"):
+        load_base_model(tmp_path / "missing")
+    (tmp_path / "notsd").mkdir()
+    with pytest.raises(SystemExit, match="model.pretrained.*not a Stable Diffusion folder"):
+        load_base_model(tmp_path / "notsd")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match="model.pretrained.*could not load 'nobody/no-such-model'"):
+        load_base_model("nobody/no-such-model")
+
+
+# --------------------------------------------------------------------------------------------
+# DDA: trainable set, RDM, FGMM placement, determinism, LoRA save/reload
+# --------------------------------------------------------------------------------------------
+def test_exactly_lora_alpha_fgmm_trainable(tiny_sd):
+    dda = make_dda(tiny_sd, randomize_lora=False)
+    dda.train()
+    source, mask = face_batch(1)
+    out = dda.training_forward(source, source, mask)
+    (out["composite"].mean() + out["noise_pred"].mean()).backward()
+    trainable = {n for n, p in dda.named_parameters() if p.requires_grad}
+    assert trainable, "nothing trainable"
+    assert trainable == {n for n in trainable if "lora_" in n} | {"rdm.alpha", "fgmm.region_weights"}
+    assert {"rdm.alpha", "fgmm.region_weights"} <= trainable
+    lora = [n for n in trainable if "lora_" in n]
+    # 4 attention projections x (A, B) in each of the two attention blocks (self + cross)
+    assert len(lora) > 0 and all(any(t in n for t in ("to_q", "to_k", "to_v", "to_out")) for n in lora)
+    grads = {n: p.grad for n, p in dda.named_parameters() if p.requires_grad}
+    assert grads["rdm.alpha"] is not None and grads["rdm.alpha"].abs() > 0
+    assert all(p.grad is None for n, p in dda.named_parameters() if not p.requires_grad)
+
+
+def test_rdm_restores_source_with_lora_off(tiny_sd):
+    dda = make_dda(tiny_sd)
+    source, _ = face_batch(2)
+    everywhere = torch.full((2, RES, RES), 3, dtype=torch.long)
+    with torch.no_grad():
+        vae_alone = dda.decode(dda.encode(source)).clamp(-1, 1)
+        dda.rdm.alpha.fill_(1.0)
+        with_lora = dda.img2img(source, everywhere, generator=torch.Generator().manual_seed(0))
+        dda.unet.disable_adapters()
+        restored = dda.img2img(source, everywhere, generator=torch.Generator().manual_seed(0))
+        dda.unet.enable_adapters()
+    assert psnr(vae_alone, source).max() < 20  # the tiny VAE alone loses the face
+    assert psnr(restored, source).min() >= 35  # RDM's residual gives it back
+    assert psnr(with_lora, source).max() < 35  # ... and the LoRA's change survives it
+
+
+def test_fgmm_keeps_pixels_outside_enabled_regions(tiny_sd):
+    dda = make_dda(tiny_sd)
+    source, mask = face_batch(2)
+    weights = {"eyes": 0.5, "lips": 1.0, "skin": 0.0}
+    out = dda.img2img(source, mask, region_weights=weights, generator=torch.Generator().manual_seed(3))
+    src8, out8 = to_uint8(source), to_uint8(out)
+    unchanged = ((mask == 0) | (mask == 3)).numpy()
+    assert np.array_equal(out8[unchanged], src8[unchanged])
+    lips = (mask == 2).numpy()
+    assert np.abs(out8[lips].astype(int) - src8[lips].astype(int)).mean() > 1  # makeup did go on the lips
+    # the same generator seed gives the same images; another seed, others
+    again = dda.img2img(source, mask, region_weights=weights, generator=torch.Generator().manual_seed(3))
+    other = dda.img2img(source, mask, region_weights=weights, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+
+
+def test_euler_ancestral_and_style_combination(tiny_sd):
+    dda = make_dda(tiny_sd)
+    source, mask = face_batch(1)
+    kw = dict(scheduler="euler_ancestral", num_steps=4, strength=0.5)
+    a = dda.img2img(source, mask, generator=torch.Generator().manual_seed(0), **kw)
+    b = dda.img2img(source, mask, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    styled = dda.makeup_signal(source, mask, generator=torch.Generator().manual_seed(0))
+    combined = dda.composite(source, {"lips": styled}, mask)  # lips only from this style
+    not_lips = (mask != 2).unsqueeze(1).expand_as(source)
+    assert torch.equal(combined[not_lips], source[not_lips])
+    assert not torch.equal(combined, source)
+
+
+def test_lora_reloads_bit_identically_into_fresh_pipeline(tiny_sd, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    from models.dda import load_dda
+
+    dda = make_dda(tiny_sd, rank=4, lora_alpha=8.0)  # lora_alpha != rank: needs the saved metadata
+    dda.save_lora(tmp_path)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    pipe.load_lora_weights(tmp_path)
+    (adapter,) = pipe.unet.peft_config  # diffusers names it default_0
+    assert pipe.unet.peft_config[adapter].lora_alpha == 8 and pipe.unet.peft_config[adapter].r == 4
+    ours, theirs = dda.lora_state_dict(), get_peft_model_state_dict(pipe.unet, adapter_name=adapter)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    z, t, text = torch.randn(1, 4, 16, 16), torch.tensor([101]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        assert torch.equal(dda.unet(z, t, text).sample, pipe.unet(z, t, text).sample)
+    # the folder also loads as a DDA, with the same generation
+    reloaded = load_dda(tmp_path)
+    source, mask = face_batch(1)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.equal(dda.img2img(source, mask, generator=g()), reloaded.img2img(source, mask, generator=g()))
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def test_loss_falls_on_five_pairs_over_30_steps(tiny_sd, pairs5):
+    from omegaconf import OmegaConf
+
+    from common import load_config
+    from data.paired import PairedDataset, scan_pairs
+    from dda_training import DDALoss
+
+    cfg = load_config(REPO / "configs" / "dda.yaml", cli_config(tiny_sd, pairs5, "unused", "train.lr=0.03"))
+    dda = make_dda(tiny_sd, randomize_lora=False)
+    dda.strength, dda.num_steps = 0.5, 4
+    dda.train()
+    loss_fn = DDALoss(cfg)
+    data = [PairedDataset(scan_pairs(pairs5).pairs, size=RES)[i] for i in range(5)]
+    batch = {k: torch.stack([d[k] for d in data]) for k in ("source", "target", "mask", "has_mask")}
+
+    def evaluate() -> float:  # fixed noise and timesteps
+        with torch.no_grad():
+            out = dda.training_forward(
+                batch["source"], batch["target"], batch["mask"], generator=torch.Generator().manual_seed(0)
+            )
+            return float(loss_fn(out, batch["target"], batch["mask"], batch["has_mask"])["total"])
+
+    groups = dda.trainable_parameters()
+    optimizer = torch.optim.Adam(
+        [{"params": groups["lora"], "lr": cfg.train.lr}, {"params": groups["rdm_alpha"] + groups["fgmm"], "lr": 1e-2}]
+    )
+    before = evaluate()
+    for step in range(30):
+        i = step % 5
+        out = dda.training_forward(batch["source"][i : i + 1], batch["target"][i : i + 1], batch["mask"][i : i + 1])
+        loss = loss_fn(out, batch["target"][i : i + 1], batch["mask"][i : i + 1], batch["has_mask"][i : i + 1])["total"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = evaluate()
+    # A random tiny UNet with a rank-4 LoRA moves slowly: 30 steps take about 7% off (measured)
+    assert after < 0.96 * before, (before, after)
+    assert float(dda.rdm.alpha) != 0.5 and OmegaConf.is_config(cfg)
+
+
+def test_smoke_run_writes_every_output(tiny_sd, pairs5, tmp_path):
+    out = tmp_path / "dda_model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    args = cli_config(tiny_sd, pairs5, out, "train.epochs=3", "train.checkpoint_every=2", "train.sample_every=3")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "dda_training.py"), *args, "data.num_pairs=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in (
+        "dda_checkpoint_epoch_2.pt",
+        "dda_checkpoint_epoch_3.pt",
+        "sample_epoch_3.png",
+        "dda_final.pt",
+        "pytorch_lora_weights.safetensors",
+        "dda_modules.json",
+        "summary.json",
+        "config.yaml",
+        "train.log",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["steps"] == 3 and summary["num_pairs"] == 1
+    assert set(summary["final_loss"]) == {"diffusion", "l1", "eyeliner", "total"}
+    assert summary["trainable_params"]["rdm_alpha"] == 1 and summary["trainable_params"]["fgmm"] == 3
+    assert summary["trainable_params"]["lora"] > 0
+    assert set(summary["fgmm_weights"]) == {"eyes", "lips", "skin"}
+    grid = Image.open(out / "sample_epoch_3.png")
+    assert grid.width >= 3 * RES and grid.height >= 2 * RES  # the pair + the held-out face
+    assert "trainable: LoRA" in result.stdout
+
+
+def test_resume_continues_exactly(tiny_sd, pairs5, tmp_path):
+    import dda_training
+    from common import load_checkpoint
+
+    base = cli_config(
+        tiny_sd, pairs5, tmp_path / "x", "data.num_pairs=2", "train.checkpoint_every=1", "train.sample_every=100"
+    )
+    straight = tmp_path / "straight"
+    dda_training.main([*base, f"output_dir={straight}", "train.epochs=2"])
+    split = tmp_path / "split"
+    dda_training.main([*base, f"output_dir={split}", "train.epochs=1"])
+    dda_training.main(
+        ["--resume", str(split / "dda_checkpoint_epoch_1.pt"), *base, f"output_dir={split}", "train.epochs=2"]
+    )
+    a = load_checkpoint(straight / "dda_checkpoint_epoch_2.pt")
+    b = load_checkpoint(split / "dda_checkpoint_epoch_2.pt")
+    assert b["epoch"] == 2 and b["global_step"] == a["global_step"] == 4
+    assert all(torch.equal(a["dda"]["lora"][k], b["dda"]["lora"][k]) for k in a["dda"]["lora"])
+    assert torch.equal(a["dda"]["rdm_alpha"], b["dda"]["rdm_alpha"])
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a)
+
+
+def test_bad_data_messages(tiny_sd, tmp_path):
+    import dda_training
+
+    with pytest.raises(SystemExit, match="data.root"):
+        dda_training.main(cli_config(tiny_sd, tmp_path / "nothing", tmp_path / "o1"))
+    root = write_synthetic_pairs(tmp_path / "pairs", n=1, size=RES)
+    Image.new("RGB", (RES + 8, RES)).save(root / "target" / "face000.png")
+    with pytest.raises(SystemExit, match="face000.*same size"):
+        dda_training.main(cli_config(tiny_sd, root, tmp_path / "o2"))
