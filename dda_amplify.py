@@ -17,13 +17,21 @@ is written in the paired format stage 4 reads unchanged (data/paired.py):
     OUTPUT_DIR/mask/NAME.png     uint8 labels 0 background, 1 eyes, 2 lips, 3 skin
     OUTPUT_DIR/manifest.jsonl    one line per pair: input, name, seed, settings, status ok|skipped, reason, seconds
     OUTPUT_DIR/contact_sheet.png the first pairs: source | target | difference x4 | mask overlay
-    OUTPUT_DIR/summary.json      made, skipped by reason, seconds per image
+    OUTPUT_DIR/summary.json      inputs, planned_pairs, pairs, made, resumed, skipped, skipped_by_reason,
+                                 remaining, seconds, seconds_per_image, images_per_second, settings
+    OUTPUT_DIR/config.yaml, amplify.log
+
+Skip reasons: not_an_image, corrupt, no_face (detector), no_face_parse (landmarks on the crop),
+no_makeup_region, error (anything else the face tools raised; logged). `max_new_pairs` stops a run
+early (time-limited jobs); running the same command again goes on where it stopped.
 
 Determinism: every pair has its own seed (from `seed`, the input's file name and the variant) and its
 own noise generator, and the batches are cut from one global, sorted plan (process k takes batches
-k, k+N, ...), so a pair's pixels do not depend on the process count, on being resumed, or on which
-other files were bad. A rerun skips every pair whose files exist and whose manifest line says ok or
-skipped; files are written atomically, so a killed run leaves no half-written image.
+k, k+N, ...; a resumed batch is generated whole again and only its missing pairs written), so with
+the same config a pair's bytes do not depend on the process count or on being resumed. (Another
+`batch_size` gives the same noise but may round differently in batched kernels.) A rerun skips every
+pair whose files exist and whose manifest line says ok or skipped, and refuses an output folder made
+with other settings; files are written atomically, so a killed run leaves no half-written image.
 """
 
 from __future__ import annotations
@@ -623,7 +631,6 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
 
 def build_face_tools(cfg: DictConfig, resolution: int):
     from data.face_align import FaceAligner
-
     from data.face_parsing import FaceParser
 
     size = max(resolution, int(cfg.face.parse_size))

@@ -467,8 +467,8 @@ REAL = ["num_steps=4", "strength=0.5", "batch_size=2", "region_weights.lips=0", 
 
 
 @pytest.fixture(scope="module")
-def tiny_dda_checkpoint(tmp_path_factory) -> Path:
-    """An untrained DDA on the tiny SD at 64x64 (its LoRA starts at zero; RDM and FGMM still act)."""
+def tiny_dda(tmp_path_factory):
+    """An untrained DDA on the tiny SD at 64x64 (its LoRA starts at zero; RDM and FGMM still act) and its checkpoint."""
     pytest.importorskip("mediapipe")
     from common import save_checkpoint
     from models.dda import DDA, load_base_model
@@ -477,11 +477,11 @@ def tiny_dda_checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_dda")
     base = load_base_model(build_tiny_sd(folder / "tiny_sd"))
     dda = DDA(base, prompt="a photo of a face with sks makeup", resolution=RES)
-    return save_checkpoint({"dda": dda.state()}, folder / "dda_final.pt")
+    return save_checkpoint({"dda": dda.state()}, folder / "dda_final.pt"), dda.eval()
 
 
 @pytest.fixture(scope="module")
-def real_run(tiny_dda_checkpoint, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+def real_run(tiny_dda, tmp_path_factory) -> tuple[Path, Path, list[str]]:
     faces = sorted((SHARED_DATA / "faces").glob("*.jpg"))[:3]
     if len(faces) < 3:
         pytest.skip(f"shared faces not found: {SHARED_DATA / 'faces'}")
@@ -490,7 +490,7 @@ def real_run(tiny_dda_checkpoint, tmp_path_factory) -> tuple[Path, Path, list[st
         (inputs / path.name).write_bytes(path.read_bytes())
     (inputs / "notes.png").write_text("not an image")
     out = tmp_path_factory.mktemp("real_out") / "amplified"
-    overrides = [f"checkpoint={tiny_dda_checkpoint}", f"input_dir={inputs}", f"output_dir={out}", *REAL]
+    overrides = [f"checkpoint={tiny_dda[0]}", f"input_dir={inputs}", f"output_dir={out}", *REAL]
     result = subprocess.run(
         [sys.executable, str(REPO / "dda_amplify.py"), *overrides], capture_output=True, text=True, timeout=300
     )
@@ -515,10 +515,12 @@ def test_real_script_makes_pairs_that_keep_the_source_outside_makeup(real_run):
         assert record["region_weights"] == {"eyes": None, "lips": 0.0, "skin": None}
 
 
-def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, accelerator):
+def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, tiny_dda, accelerator):
     out, _, overrides = real_run
     cfg = load_config(amp.DEFAULT_CONFIG, overrides)
-    models, resolution = amp.build_models(cfg, torch.device("cpu"))
+    checkpoint, dda = tiny_dda  # the same weights the script loaded from the checkpoint
+    dda.takes_generator_lists = amp.takes_generator_lists(dda, RES, torch.device("cpu"))
+    models, resolution = {str(checkpoint): dda}, RES
     aligner, parser = amp.build_face_tools(cfg, resolution)
     name = manifest(out)[1]["name"]
     before = pair_bytes(out)
