@@ -1,0 +1,160 @@
+"""Seconds per DDA training step and peak memory (JSON on stdout, and to --out if given).
+
+    python bench/dda_bench.py                          # tiny offline model on CPU, 64x64
+    python bench/dda_bench.py --resolution 128 --steps 10 --out bench/dda_bench.json
+    python bench/dda_bench.py --sd15                   # + an SD-1.5-sized model (random weights), 512, fp16 (CUDA)
+
+A step is exactly `dda_training.train_epoch`'s: the training forward (LoRA UNet with gradients, base
+UNet for S', VAE encode of source and target, decode of both x0 predictions), the three losses,
+backward, clipping and Adam. The SD-1.5-sized part builds UNet/VAE/CLIP text encoder of SD 1.5's
+shapes with random weights in memory (timing does not depend on the weights) and needs a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from common import WandbLogger, count_parameters, load_config  # noqa: E402
+from dda_training import DDALoss, build_optimizer, train_epoch  # noqa: E402
+from models.dda import DDA, load_base_model  # noqa: E402
+
+
+def sd15_sized_base(tokenizer_source: Path, device, dtype) -> dict:
+    """UNet, VAE and text encoder with SD 1.5's shapes and random weights (860M + 84M + 123M parameters)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_source, subfolder="tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072))
+    scheduler = DDPMScheduler.from_pretrained(tokenizer_source, subfolder="scheduler")
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        module.to(device, dtype)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "noise_scheduler": scheduler,
+        "pretrained": "random SD-1.5-sized",
+    }
+
+
+def time_steps(base: dict, cfg, device, use_fp16: bool, steps: int, warmup: int = 2) -> dict:
+    dda = DDA(
+        base,
+        prompt=str(cfg.model.prompt),
+        resolution=cfg.train.resolution,
+        lora_rank=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        strength=cfg.diffusion.strength,
+        num_steps=cfg.diffusion.num_steps,
+    )
+    dda.set_trainable()
+    for group in dda.trainable_parameters().values():
+        for p in group:
+            p.data = p.data.float()
+    if cfg.model.gradient_checkpointing:
+        dda.unet.enable_gradient_checkpointing()
+        dda.vae.enable_gradient_checkpointing()
+    dda.train()
+    res, batch_size = cfg.train.resolution, cfg.train.batch_size
+    mask = torch.full((batch_size, res, res), 3, dtype=torch.long)
+    mask[:, res // 4 : res // 3, res // 5 : res // 2] = 1
+    batch = {
+        "source": torch.rand(batch_size, 3, res, res) * 2 - 1,
+        "target": torch.rand(batch_size, 3, res, res) * 2 - 1,
+        "mask": mask,
+        "has_mask": torch.ones(batch_size, dtype=torch.bool),
+    }
+    optimizer = build_optimizer(cfg, dda)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+    loss_fn = DDALoss(cfg).to(device)
+    wandb = WandbLogger(cfg, tempfile.gettempdir())
+    state = {"global_step": 0}
+    with tqdm(disable=True) as progress:
+        train_epoch(dda, [batch] * warmup, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        train_epoch(dda, [batch] * steps, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / steps
+    result = {
+        "resolution": res,
+        "batch_size": batch_size,
+        "dtype": "fp16 autocast" if use_fp16 else "fp32",
+        "gradient_checkpointing": bool(cfg.model.gradient_checkpointing),
+        "steps_timed": steps,
+        "seconds_per_step": round(seconds, 4),
+        "trainable_params": count_parameters(dda, trainable_only=True),
+        "total_params": count_parameters(dda),
+        "hours_for_500_epochs_x_5_pairs": round(seconds * 500 * 5 / 3600, 3),
+    }
+    if device.type == "cuda":
+        result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["device"] = torch.cuda.get_device_name()
+    else:
+        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["device"] = f"cpu ({torch.get_num_threads()} threads)"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=64, help="tiny-model resolution (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--sd15", action="store_true", help="also time an SD-1.5-sized model at 512 (needs CUDA)")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from models.tiny_sd import build_tiny_sd
+
+    overrides = [f"train.resolution={args.resolution}", "wandb.mode=disabled", "model.gradient_checkpointing=false"]
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = build_tiny_sd(Path(tmp) / "tiny_sd")
+        cfg = load_config(REPO / "configs" / "dda.yaml", [*overrides, f"model.pretrained={tiny}"])
+        cpu = torch.device("cpu")
+        report["tiny_cpu"] = time_steps(load_base_model(tiny), cfg, cpu, False, args.steps)
+        if args.sd15:
+            if not torch.cuda.is_available():
+                report["sd15_cuda"] = "not measured: no GPU on this machine"
+            else:
+                gpu = torch.device("cuda")
+                cfg = load_config(REPO / "configs" / "dda.yaml", ["train.resolution=512", "wandb.mode=disabled"])
+                base = sd15_sized_base(tiny, gpu, torch.float16)
+                report["sd15_cuda"] = time_steps(base, cfg, gpu, True, args.steps)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
