@@ -53,7 +53,7 @@ def apply_makeup(model: torch.nn.Module, image: np.ndarray, size: int, device: t
     makeup_residual = model.residual(small).float()  # (1, 3, size, size)
     if (height, width) != (size, size):
         makeup_residual = F.interpolate(makeup_residual, size=(height, width), mode="bilinear", align_corners=False)
-    full = from_uint8(image)[None].to(device)  # (1, 3, H, W)
+    full = from_uint8(np.array(image))[None].to(device)  # (1, 3, H, W)
     return to_uint8((full + makeup_residual).clamp(-1, 1)[0])
 
 
@@ -68,11 +68,18 @@ def collect_inputs(path: Path) -> list[Path]:
     raise SystemExit(f"error: input not found: {path}")
 
 
-def process_photo(photo: np.ndarray, face_fn: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
-    """Every face of a photo through `face_fn`; (photo, number of faces). Imported lazily: mediapipe is slow."""
+def face_aligner():
+    """One detector for the whole run (data.face_align; imported here: mediapipe is slow to load)."""
+    from data.face_align import FaceAligner
+
+    return FaceAligner()
+
+
+def process_photo(photo: np.ndarray, face_fn: Callable[[np.ndarray], np.ndarray], aligner) -> tuple[np.ndarray, int]:
+    """Every face of a photo through `face_fn`, pasted back feathered; (photo, number of faces)."""
     from data.face_align import process_full_photo
 
-    return process_full_photo(photo, face_fn)
+    return process_full_photo(photo, face_fn, aligner)
 
 
 def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bool = False, device: str = "auto"):
@@ -84,6 +91,7 @@ def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bo
         return apply_makeup(model, face, size, torch_device)
 
     written, skipped, no_face, faces_total, start = [], [], [], 0, time.time()
+    aligner = face_aligner() if full_photo else None
     for path in tqdm(inputs, desc="inference", disable=None):
         try:
             image = read_rgb(path)
@@ -92,7 +100,7 @@ def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bo
             skipped.append(str(path))
             continue
         if full_photo:
-            result, faces = process_photo(image, face_fn)
+            result, faces = process_photo(image, face_fn, aligner)
             faces_total += faces
             if faces == 0:
                 log.warning("no face found in %s: written unchanged", path)
@@ -102,6 +110,8 @@ def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bo
         out_path = output / f"{path.stem}.png"
         atomic_save_image(result, out_path)
         written.append(str(out_path))
+    if aligner is not None:
+        aligner.close()
     summary = {
         "stage": "tinybeauty_inference",
         "checkpoint": str(checkpoint),

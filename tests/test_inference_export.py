@@ -85,7 +85,14 @@ def test_full_photo_goes_through_face_align(trained, tmp_path, monkeypatch):
         out[:64, :64] = face
         return out, 1
 
-    monkeypatch.setitem(sys.modules, "data.face_align", types.SimpleNamespace(process_full_photo=process_full_photo))
+    class FakeAligner:
+        closed = False
+
+        def close(self):
+            FakeAligner.closed = True
+
+    fake = types.SimpleNamespace(process_full_photo=process_full_photo, FaceAligner=FakeAligner)
+    monkeypatch.setitem(sys.modules, "data.face_align", fake)
     photos = tmp_path / "photos"
     photos.mkdir()
     with_face = np.full((80, 120, 3), 128, np.uint8)
@@ -96,7 +103,7 @@ def test_full_photo_goes_through_face_align(trained, tmp_path, monkeypatch):
         ["--checkpoint", str(trained), "--input", str(photos), "--output", str(tmp_path / "o"), "--full-photo"]
     )
 
-    assert calls == [(64, 64, 3)]
+    assert calls == [(64, 64, 3)] and FakeAligner.closed
     assert summary["faces"] == 1 and summary["photos_without_face"] == [str(photos / "b.png")]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "b.png")), no_face)
     assert np.asarray(Image.open(tmp_path / "o" / "a.png")).shape == with_face.shape

@@ -113,3 +113,18 @@ def test_overrides_reach_the_run(smoke_run):
     out, _ = smoke_run
     config = (out / "config.yaml").read_text()
     assert "size: 32" in config and "epochs: 2" in config and "mode: disabled" in config
+
+
+@pytest.mark.parametrize(
+    "options", [["train.amp=true"], ["train.scheduler=plateau", "train.plateau_patience=0"], ["model.norm=batch"]]
+)
+def test_options_train(options, tmp_path):
+    """Mixed precision (bf16 autocast on CPU), the seed's ReduceLROnPlateau, BatchNorm: each runs 2 epochs."""
+    from tinybeauty_training import main
+
+    root = write_synthetic_pairs(tmp_path / "pairs", n=6, size=32)
+    summary = main([f"data.root={root}", f"output_dir={tmp_path / 'run'}", "train.epochs=2", *FAST, *options])
+    assert summary["completed"] and summary["final_val_psnr"] > 10
+    history = torch.load(tmp_path / "run" / "tinybeauty_final.pt", weights_only=False)["history"]
+    if "train.scheduler=plateau" in options:  # the first epoch runs at the full rate, no warmup
+        assert history[0]["lr"] == pytest.approx(1e-3)
