@@ -1,7 +1,7 @@
 """Amplification speed (stage 3): face preparation, DDA img2img and the whole dda_amplify loop.
 
     python bench/amplify_bench.py                                   # tiny SD DDA on CPU, JSON to stdout
-    python bench/amplify_bench.py --faces 8 --batch-sizes 1,4 --out runs/amplify_bench.json
+    python bench/amplify_bench.py --faces 8 --batch-sizes 1,4 --threads 1 --out runs/amplify_bench.json
     python bench/amplify_bench.py --pretrained /models/sd15 --gpu-batch-sizes 1,4,8,16   # + SD 1.5 fp16 on a GPU
 
 What it measures, at the official settings (strength 0.3, 10 DDIM steps: 3 denoising steps, each a
@@ -169,11 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gpu-batch-sizes", default="1,4,8,16", help="GPU batch sizes (SD 1.5, fp16, 512)")
     parser.add_argument("--pretrained", default=None, help="local SD 1.5 folder for the GPU part")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.gpu_batch_sizes = [int(b) for b in args.gpu_batch_sizes.split(",")]
     setup_logging()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     defaults = load_config(amp.DEFAULT_CONFIG)
     prepared, prep_seconds = prepare_faces(args.faces_dir, args.faces, args.resolution)

@@ -31,6 +31,19 @@ from tests.conftest import REPO, SHARED_DATA
 RES = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Shared cores: more intra-op threads make the tiny model many times slower here, not faster.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def one_thread_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 # --------------------------------------------------------------------------------------------
 # Fakes with the real signatures
 # --------------------------------------------------------------------------------------------
@@ -375,7 +388,9 @@ def test_kill_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
     reference, out = tmp_path / "one", tmp_path / "killed"
     run_fake(inputs, reference, accelerator, "batch_size=2")
     script = KILL_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), inputs=str(inputs), out=str(out), delay=1.0)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=one_thread_env()
+    )
     shard = out / amp.SHARD_DIR / "rank000.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -415,7 +430,7 @@ def test_torchrun_two_processes_give_the_same_set(inputs, accelerator, tmp_path)
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    result = subprocess.run([*torchrun, str(script)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*torchrun, str(script)], capture_output=True, text=True, timeout=120, env=one_thread_env())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["made"] == summary["pairs"] == 5
@@ -467,21 +482,33 @@ REAL = ["num_steps=4", "strength=0.5", "batch_size=2", "region_weights.lips=0", 
 
 
 @pytest.fixture(scope="module")
-def tiny_dda(tmp_path_factory):
-    """An untrained DDA on the tiny SD at 64x64 (its LoRA starts at zero; RDM and FGMM still act) and its checkpoint."""
+def tiny_dda_checkpoint(tmp_path_factory) -> Path:
+    """Stage 2's own output: dda_training.py, one epoch on five shared seed pairs, tiny SD at 64x64."""
     pytest.importorskip("mediapipe")
-    from common import save_checkpoint
-    from models.dda import DDA, load_base_model
     from models.tiny_sd import build_tiny_sd
 
+    seed_pairs = SHARED_DATA / "pairs_style1"
+    if not seed_pairs.is_dir():
+        pytest.skip(f"shared seed pairs not found: {seed_pairs}")
     folder = tmp_path_factory.mktemp("tiny_dda")
-    base = load_base_model(build_tiny_sd(folder / "tiny_sd"))
-    dda = DDA(base, prompt="a photo of a face with sks makeup", resolution=RES)
-    return save_checkpoint({"dda": dda.state()}, folder / "dda_final.pt"), dda.eval()
+    tiny_sd = build_tiny_sd(folder / "tiny_sd")
+    command = [
+        sys.executable,
+        str(REPO / "dda_training.py"),
+        f"model.pretrained={tiny_sd}",
+        f"data.root={seed_pairs}",
+        f"output_dir={folder / 'dda_model'}",
+        f"train.resolution={RES}",
+        "train.epochs=1",
+        "wandb.mode=disabled",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=one_thread_env())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return folder / "dda_model" / "dda_final.pt"
 
 
 @pytest.fixture(scope="module")
-def real_run(tiny_dda, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+def real_run(tiny_dda_checkpoint, tmp_path_factory) -> tuple[Path, Path, list[str]]:
     faces = sorted((SHARED_DATA / "faces").glob("*.jpg"))[:3]
     if len(faces) < 3:
         pytest.skip(f"shared faces not found: {SHARED_DATA / 'faces'}")
@@ -490,9 +517,13 @@ def real_run(tiny_dda, tmp_path_factory) -> tuple[Path, Path, list[str]]:
         (inputs / path.name).write_bytes(path.read_bytes())
     (inputs / "notes.png").write_text("not an image")
     out = tmp_path_factory.mktemp("real_out") / "amplified"
-    overrides = [f"checkpoint={tiny_dda[0]}", f"input_dir={inputs}", f"output_dir={out}", *REAL]
+    overrides = [f"checkpoint={tiny_dda_checkpoint}", f"input_dir={inputs}", f"output_dir={out}", *REAL]
     result = subprocess.run(
-        [sys.executable, str(REPO / "dda_amplify.py"), *overrides], capture_output=True, text=True, timeout=300
+        [sys.executable, str(REPO / "dda_amplify.py"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=one_thread_env(),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return out, inputs, overrides
@@ -515,12 +546,11 @@ def test_real_script_makes_pairs_that_keep_the_source_outside_makeup(real_run):
         assert record["region_weights"] == {"eyes": None, "lips": 0.0, "skin": None}
 
 
-def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, tiny_dda, accelerator):
+def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, accelerator):
     out, _, overrides = real_run
     cfg = load_config(amp.DEFAULT_CONFIG, overrides)
-    checkpoint, dda = tiny_dda  # the same weights the script loaded from the checkpoint
-    dda.takes_generator_lists = amp.takes_generator_lists(dda, RES, torch.device("cpu"))
-    models, resolution = {str(checkpoint): dda}, RES
+    models, resolution = amp.build_models(cfg, torch.device("cpu"))
+    assert resolution == RES  # the DDA's training resolution, from the checkpoint
     aligner, parser = amp.build_face_tools(cfg, resolution)
     name = manifest(out)[1]["name"]
     before = pair_bytes(out)
@@ -546,7 +576,7 @@ def test_real_output_trains_tinybeauty_without_conversion(real_run, tmp_path):
         f"data.size={RES}",
         "wandb.mode=disabled",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=one_thread_env())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "tb" / "summary.json").read_text())
     assert summary  # stage 4 ran an epoch on the amplified pairs as they are
