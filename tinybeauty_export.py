@@ -66,7 +66,20 @@ def tail_nodes(onnx_path: Path) -> list[str]:
 def quantize_int8(
     fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str = "static", fmt: str = "qdq"
 ) -> Path:
-    """int8 weights (and activations for `static`, calibrated with MinMax on `calibration` (N, 3, S, S))."""
+    """int8 weights (and activations for `static`, calibrated with MinMax on `calibration` (N, 3, S, S)).
+
+    `fmt`: qdq (QuantizeLinear/DequantizeLinear pairs that ORT fuses into int8 kernels) or qoperator.
+    """
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # the quantizer warns about optional pre-processing on the root logger
+    try:
+        return compact_names(_quantize(fp32_path, int8_path, calibration, mode, fmt))
+    finally:
+        root_logger.setLevel(level)
+
+
+def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str, fmt: str) -> Path:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -75,10 +88,9 @@ def quantize_int8(
         quantize_static,
     )
 
-    logging.getLogger("root").setLevel(logging.WARNING)  # the quantizer logs every node at INFO
     if mode == "dynamic":
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
-        return compact_names(int8_path)
+        return int8_path
 
     class Faces(CalibrationDataReader):
         def __init__(self, images: np.ndarray):
@@ -100,7 +112,7 @@ def quantize_int8(
         # bytes than they save on a model this small (~8 KB of the 100 KB budget).
         extra_options={"QuantizeBias": False},
     )
-    return compact_names(int8_path)
+    return int8_path
 
 
 def compact_names(path: Path) -> Path:
@@ -188,7 +200,7 @@ def compare(reference: np.ndarray, other: np.ndarray, target: np.ndarray) -> dic
 
 
 def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib: int = 64, n_eval: int = 30,
-           quant: str = "static") -> dict:  # fmt: skip
+           quant: str = "static", fmt: str = "qdq") -> dict:  # fmt: skip
     state = load_checkpoint(checkpoint)
     model = load_model_from_checkpoint(state, "cpu")
     cfg = state["config"]
@@ -198,7 +210,7 @@ def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib
     )
 
     fp32_path = export_onnx(model, output / "tinybeauty_fp32.onnx", size)
-    int8_path = quantize_int8(fp32_path, output / "tinybeauty_int8.onnx", calib, quant)
+    int8_path = quantize_int8(fp32_path, output / "tinybeauty_int8.onnx", calib, quant, fmt)
     with torch.no_grad():
         torch_out = model(torch.from_numpy(sources)).numpy()
     fp32_out = ort_run(ort_session(fp32_path), sources)
@@ -210,6 +222,7 @@ def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib
         "checkpoint": str(checkpoint),
         "image_size": size,
         "quantization": quant,
+        "int8_format": fmt if quant == "static" else "dynamic",
         "faces_calibration": len(calib),
         "faces_checked": len(sources),
         "identity_psnr": identity,
@@ -252,10 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calib", type=int, default=64, help="calibration faces (default: %(default)s)")
     parser.add_argument("--faces", type=int, default=30, help="held-out faces for the check (default: %(default)s)")
     parser.add_argument("--quant", choices=("static", "dynamic"), default="static", help="int8 mode (default: static)")
+    parser.add_argument("--format", choices=("qdq", "qoperator"), default="qdq", help="static int8 format")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
     args = parser.parse_args(argv)
     setup_logging()
-    report = export(Path(args.checkpoint), Path(args.output), args.data, args.calib, args.faces, args.quant)
+    report = export(
+        Path(args.checkpoint), Path(args.output), args.data, args.calib, args.faces, args.quant, args.format
+    )
     if args.strict and not all(report["checks"].values()):
         raise SystemExit(1)
     return report
