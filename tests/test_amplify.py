@@ -561,6 +561,19 @@ def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, accelerator):
     summary = amp.amplify(cfg, accelerator, models, aligner, parser, resolution)
     assert summary["made"] == 0 and summary["pairs"] == 3
 
+    # The DDA itself, before the stage's paste-back, keeps background and weight-0 lips exactly.
+    record = manifest(out)[0]
+    face = amp.prepare_face(Path(cfg.input_dir) / record["input"], aligner, parser, resolution)
+    source = amp.from_uint8(face.source)[None]  # (1, 3, R, R)
+    with torch.no_grad():
+        raw = amp.to_uint8(
+            amp.generate(models, cfg, source, torch.from_numpy(face.mask).long()[None], [record["seed"]])
+        )
+    keep = (face.mask == 0) | (face.mask == 2)
+    assert np.array_equal(raw[0][keep], face.source[keep])
+    target = read_rgb(out / "target" / f"{record['name']}.png")
+    assert np.abs(raw[0].astype(int) - target).max() <= 1  # and it is what the script wrote
+
 
 def test_real_output_trains_tinybeauty_without_conversion(real_run, tmp_path):
     out, _, _ = real_run
