@@ -75,7 +75,16 @@ SCHEDULERS = ("ddim", "euler_ancestral")
 MANIFEST = "manifest.jsonl"
 SHARD_DIR = "manifest.parts"  # one shard per process while running; merged into MANIFEST at the end
 # Settings recorded per pair: a resumed run must not mix pairs made with other values into one set.
-RECORDED_SETTINGS = ("seed", "strength", "num_steps", "scheduler", "guidance_scale", "region_weights", "style")
+RECORDED_SETTINGS = (
+    "seed",
+    "strength",
+    "num_steps",
+    "scheduler",
+    "guidance_scale",
+    "region_weights",
+    "style",
+    "resolution",
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -350,6 +350,11 @@ def test_resume_refuses_other_settings(inputs, accelerator, tmp_path):
     run_fake(inputs, tmp_path / "out", accelerator, "num_images=1")
     with pytest.raises(SystemExit, match="strength"):
         run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "strength=0.5")
+    with pytest.raises(SystemExit, match="seed"):
+        run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "seed=3")
+    cfg = fake_cfg(inputs, tmp_path / "out", "num_images=1")
+    with pytest.raises(SystemExit, match="resolution"):
+        amp.amplify(cfg, accelerator, {"fake.pt": FakeDDA()}, FakeAligner(), FakeParser(), RES // 2)
 
 
 class SplitAccelerator:
