@@ -488,28 +488,24 @@ REAL = ["num_steps=4", "strength=0.5", "batch_size=2", "region_weights.lips=0", 
 
 @pytest.fixture(scope="module")
 def tiny_dda_checkpoint(tmp_path_factory) -> Path:
-    """Stage 2's own output: dda_training.py, one epoch on five shared seed pairs, tiny SD at 64x64."""
+    """A DDA checkpoint as dda_training.py writes it ({"dda": DDA.state()}), tiny SD at 64x64, random LoRA.
+
+    Built directly rather than by running stage 2 (which tests/test_dda.py covers, loading included):
+    that would add half a minute to this file on two shared cores.
+    """
     pytest.importorskip("mediapipe")
+    from common import save_checkpoint
+    from models.dda import DDA, load_base_model
     from models.tiny_sd import build_tiny_sd
 
-    seed_pairs = SHARED_DATA / "pairs_style1"
-    if not seed_pairs.is_dir():
-        pytest.skip(f"shared seed pairs not found: {seed_pairs}")
     folder = tmp_path_factory.mktemp("tiny_dda")
-    tiny_sd = build_tiny_sd(folder / "tiny_sd")
-    command = [
-        sys.executable,
-        str(REPO / "dda_training.py"),
-        f"model.pretrained={tiny_sd}",
-        f"data.root={seed_pairs}",
-        f"output_dir={folder / 'dda_model'}",
-        f"train.resolution={RES}",
-        "train.epochs=1",
-        "wandb.mode=disabled",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=one_thread_env())
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return folder / "dda_model" / "dda_final.pt"
+    dda = DDA(load_base_model(build_tiny_sd(folder / "tiny_sd")), prompt="a face with sks makeup", resolution=RES)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in dda.unet.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: make the LoRA change something, as a trained one does
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return save_checkpoint({"dda": dda.state()}, folder / "dda_model" / "dda_final.pt")
 
 
 @pytest.fixture(scope="module")
