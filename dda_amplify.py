@@ -3,7 +3,7 @@
     python dda_amplify.py                                         # configs/dda_amplify.yaml
     python dda_amplify.py checkpoint=dda_model/dda_final.pt input_dir=/data/ffhq output_dir=amplified/ num_images=20000
     python dda_amplify.py styles='{lips: dda_red/dda_final.pt}'   # lips from another style, the rest from `checkpoint`
-    accelerate launch --num_processes 4 dda_amplify.py input_dir=/data/ffhq batch_size=16   # several GPUs
+    accelerate launch --multi_gpu --num_processes 4 dda_amplify.py input_dir=/data/ffhq batch_size=16   # 4 GPUs
     torchrun --nproc_per_node 2 dda_amplify.py ...                # several CPU processes (Accelerate reads torchrun's env)
     python dda_amplify.py output_dir=amplified/                   # again: resumes, skipping finished pairs
 
