@@ -85,7 +85,7 @@ class TinyBeauty(nn.Module):
         bottleneck: int = 128,
         block: str = "separable",
         upsample: str = "separable",
-        norm: str = "batch",
+        norm: str = "none",
         residual_scale: float = 1.0,
     ):
         super().__init__()
