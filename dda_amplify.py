@@ -232,25 +232,6 @@ def style_record(cfg: DictConfig) -> str | dict[str, str]:
     return owner
 
 
-def takes_generator_lists(dda, resolution: int, device: torch.device) -> bool:
-    """Does this DDA take one generator per sample (the diffusers convention)? Probed once on 2 blank faces.
-
-    With lists a pair's noise depends on its own seed only, so the batch size does not change it;
-    a DDA that takes a single generator is called one face at a time instead (same pixels, slower).
-    """
-    source = torch.zeros(2, 3, resolution, resolution, device=device)
-    mask = torch.zeros(2, resolution, resolution, dtype=torch.long, device=device)
-    mask[:, resolution // 4 : resolution // 2, resolution // 4 : resolution // 2] = 2
-    generators = [torch.Generator(device=device).manual_seed(s) for s in (0, 1)]
-    try:
-        with torch.no_grad():
-            dda.img2img(source, mask, strength=0.3, num_steps=4, generator=generators)
-    except (AttributeError, TypeError, ValueError) as err:
-        log.warning("the DDA takes one generator per call (%s): faces go through it one at a time", err)
-        return False
-    return True
-
-
 def generate(
     models: dict, cfg: DictConfig, source: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int]
 ) -> torch.Tensor:
@@ -267,15 +248,7 @@ def generate(
             continue  # this style owns no region with any weight
         dda = models[checkpoint]
         generators = [torch.Generator(device=source.device).manual_seed(int(s)) for s in seeds]
-        if getattr(dda, "takes_generator_lists", True):
-            styled = dda.img2img(source, mask, region_weights=overrides, generator=generators, **settings)
-        else:
-            styled = torch.cat(
-                [
-                    dda.img2img(source[i : i + 1], mask[i : i + 1], region_weights=overrides, generator=g, **settings)
-                    for i, g in enumerate(generators)
-                ]
-            )
+        styled = dda.img2img(source, mask, region_weights=overrides, generator=generators, **settings)
         target = target + (styled.float() - source)  # each style changes only its own regions
     return target.clamp(-1, 1)
 
@@ -633,8 +606,6 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     for checkpoint, _ in style_groups(cfg):
         models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
     resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)
-    for dda in models.values():
-        dda.takes_generator_lists = takes_generator_lists(dda, resolution, device)
     return models, resolution
 
 

@@ -42,7 +42,6 @@ def build_dda(pretrained: str | Path, resolution: int, device: torch.device, dty
 
     base = load_base_model(str(pretrained), device=device, dtype=dtype)
     dda = DDA(base, prompt="a photo of a face with sks makeup", resolution=resolution).to(device).eval()
-    dda.takes_generator_lists = amp.takes_generator_lists(dda, resolution, device)
     return dda
 
 
@@ -122,7 +121,6 @@ def bench_cpu(args, prepared: list) -> dict:
         "model": "tiny SD-1.5-shaped (models/tiny_sd.py), fp32",
         "resolution": args.resolution,
         "torch_threads": torch.get_num_threads(),
-        "dda_generator_lists": bool(dda.takes_generator_lists),
         "dda_by_batch_size": per_batch,
         "end_to_end": {
             "faces": args.faces,
@@ -151,7 +149,6 @@ def bench_gpu(args, prepared_512: list | None) -> dict:
         "device": torch.cuda.get_device_name(0),
         "model": f"{args.pretrained}, fp16",
         "resolution": 512,
-        "dda_generator_lists": bool(dda.takes_generator_lists),
         "dda_by_batch_size": per_batch,
         "fastest_batch_size": int(best),
         "images_per_second": rate,

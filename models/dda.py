@@ -190,6 +190,14 @@ def visited_timesteps(scheduler, strength: float, num_steps: int, device=None) -
 # --------------------------------------------------------------------------------------------
 # The DDA
 # --------------------------------------------------------------------------------------------
+
+
+def _copy_generator(generator: torch.Generator) -> torch.Generator:
+    copy = torch.Generator(generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
 class DDA(nn.Module):
     """SD parts + LoRA (inside the UNet) + RDM (alpha) + FGMM (region weights).
 
@@ -382,7 +390,7 @@ class DDA(nn.Module):
         num_steps: int = 10,
         scheduler: str = "ddim",
         guidance_scale: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """The styled image before FGMM compositing: decode(LoRA run) + alpha * (S - decode(base run)).
 
@@ -398,9 +406,11 @@ class DDA(nn.Module):
             editable = self._editable_latent_mask(weight_map, tuple(z_source.shape[-2:])).to(z_source.dtype)
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-        # The base run (S') sees the very same noise as the LoRA run.
-        base_generator = torch.Generator(generator.device)
-        base_generator.set_state(generator.get_state())
+        # The base run (S') sees the very same noise as the LoRA run. A list holds one generator per
+        # face (stage 3 seeds each face on its own, so a face's result does not depend on its batch).
+        base_generator = (
+            [_copy_generator(g) for g in generator] if isinstance(generator, list) else _copy_generator(generator)
+        )
         settings = dict(strength=strength, num_steps=num_steps, scheduler=scheduler, guidance_scale=guidance_scale)
         styled_latents = self._denoise(z_source, editable, use_lora=True, generator=generator, **settings)
         base_latents = self._denoise(z_source, editable, use_lora=False, generator=base_generator, **settings)
@@ -446,7 +456,7 @@ class DDA(nn.Module):
         num_steps: int = 10,
         scheduler: str = "ddim",
         guidance_scale: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """(B, 3, H, W) source in [-1, 1] and (B, H, W) labels 0-3 -> (B, 3, H, W) made-up faces in [-1, 1].
 

@@ -82,14 +82,6 @@ class FakeDDA:
         return (source + change + self.leak).clamp(-1, 1)
 
 
-class OneGeneratorDDA(FakeDDA):
-    """A DDA that takes a single generator per call (reads generator.device, as diffusers code does)."""
-
-    def img2img(self, source, makeup_mask, *, generator=None, **kwargs):
-        generator.device  # noqa: B018 (an AttributeError for a list, like the real thing)
-        return super().img2img(source, makeup_mask, generator=generator, **kwargs)
-
-
 @dataclass
 class FakeFace:
     crop: np.ndarray
@@ -315,18 +307,6 @@ def test_same_seed_same_images_other_seed_other_images(inputs, accelerator, tmp_
     assert all(a[k] != c[k] for k in targets)
     v0, v1 = sorted(targets)[:2]
     assert v0.endswith("_v00.png") and v1.endswith("_v01.png") and a[v0] != a[v1]
-
-
-def test_one_generator_dda_is_called_face_by_face_with_the_same_result(inputs, accelerator, tmp_path):
-    assert amp.takes_generator_lists(FakeDDA(), RES, torch.device("cpu"))
-    single = OneGeneratorDDA(leak=0.02)
-    single.takes_generator_lists = amp.takes_generator_lists(single, RES, torch.device("cpu"))
-    assert single.takes_generator_lists is False
-    single.calls.clear()
-    run_fake(inputs, tmp_path / "single", accelerator, models={"fake.pt": single})
-    assert {c["batch"] for c in single.calls} == {1}
-    run_fake(inputs, tmp_path / "lists", accelerator)
-    assert pair_bytes(tmp_path / "single") == pair_bytes(tmp_path / "lists")
 
 
 def test_stop_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
