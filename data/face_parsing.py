@@ -79,6 +79,11 @@ LIP_CHANNELS = [0, 1, 2]  # Lab channels that tell lips from skin
 LIP_REFINE = 0.03  # colour refinement band around the lips, as a fraction of the mouth's width
 FOREHEAD_LIFT = 0.55  # forehead search area: oval top raised by this fraction of brow-to-oval-top height
 SKIN_COLOUR_THRESHOLD = 3.0  # Mahalanobis distance (Lab) under which a forehead pixel counts as skin
+MOUTH_CORE = 0.04  # mouth-interior colour model: the inner-lip polygon shrunk by this fraction of mouth width
+MOUTH_BAND = 0.03  # inner-lip edge band (fraction of mouth width) whose pixels may turn out to be lip
+# MediaPipe's pixel coordinates (normalised x times width) put pixel i's centre at i + 0.5, cv2's
+# rasteriser puts it at i: landmarks move by this much before any region is drawn.
+PIXEL_CENTRE = 0.5
 
 
 @dataclass
@@ -171,27 +176,35 @@ def _skin_model(lab: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.
     return mean, np.linalg.inv(cov)
 
 
-def _forehead(image: np.ndarray, landmarks: np.ndarray, oval: np.ndarray, frame) -> np.ndarray:
-    """Skin above the landmark oval, up to the hairline: skin-coloured pixels connected to the oval."""
-    shape = image.shape[:2]
+def _lifted_oval(landmarks: np.ndarray, frame) -> tuple[np.ndarray, float]:
+    """The landmark oval with its forehead part raised towards the hairline, and the brow-to-oval-top height."""
     _, _, y_axis = frame
     brow_line = landmarks[LEFT_BROW + RIGHT_BROW].mean(0)
     oval_top = landmarks[10]
     height = float(np.dot(brow_line - oval_top, y_axis))  # brow-to-oval-top height (positive)
-    if height <= 1:
-        return np.zeros(shape, bool)
     lifted = landmarks[FACE_OVAL].astype(np.float64).copy()
+    if height <= 1:
+        return lifted, height
     for i, idx in enumerate(FACE_OVAL):
         if idx in FOREHEAD_OVAL:
             # Raise each point in proportion to how far above the brows it sits: the oval's top moves most.
             above = max(float(np.dot(brow_line - lifted[i], y_axis)), 0.0) / height
             lifted[i] -= y_axis * FOREHEAD_LIFT * height * above
+    return lifted, height
+
+
+def _forehead(lab: np.ndarray, landmarks: np.ndarray, oval: np.ndarray, frame) -> np.ndarray:
+    """Skin above the landmark oval, up to the hairline: skin-coloured pixels connected to the oval."""
+    shape = lab.shape[:2]
+    lifted, height = _lifted_oval(landmarks, frame)
+    if height <= 1:
+        return np.zeros(shape, bool)
     search = _region(shape, lifted) & ~oval
-    model = _skin_model(_lab(image), landmarks)
+    model = _skin_model(lab, landmarks)
     if model is None or not search.any():
         return np.zeros(shape, bool)
     mean, inv_cov = model
-    lab = _lab(image)[search] - mean
+    lab = lab[search] - mean
     distance = np.sqrt(np.einsum("ni,ij,nj->n", lab, inv_cov, lab))
     candidate = np.zeros(shape, np.uint8)
     candidate[search] = distance < SKIN_COLOUR_THRESHOLD
@@ -205,6 +218,46 @@ def _forehead(image: np.ndarray, landmarks: np.ndarray, oval: np.ndarray, frame)
     touching = np.unique(components[seeds.astype(bool)])
     touching = touching[touching > 0]
     return np.isin(components, touching) & search
+
+
+def _log_likelihood(values: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """Log-likelihood of `values` (N, C) under a diagonal Gaussian fitted on `samples` (M, C)."""
+    mean, var = samples.mean(0), samples.var(0) + 4.0
+    return -0.5 * (((values - mean) ** 2) / var + np.log(var)).sum(-1)
+
+
+def refine_mouth_interior(lab: np.ndarray, inner: np.ndarray, lips: np.ndarray, width: float) -> np.ndarray:
+    """Shrink the inner-lip polygon to the teeth and the dark of an open mouth.
+
+    FaceMesh's inner-lip landmarks sit a little inside the lips' wet edge when the mouth is open, so
+    the polygon swallows a sliver of lip. In a band along the polygon's edge a pixel stays mouth
+    interior only when its Lab colour is likelier under a model of the polygon's core than under one
+    of the lips.
+    """
+    radius = max(int(round(width * MOUTH_CORE)), 1)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    core = cv2.erode(inner.astype(np.uint8), disk).astype(bool)
+    if core.sum() < 10:  # a narrow opening: its own pixels are the best model there is
+        core = inner
+    lip_core = cv2.erode(lips.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    if lip_core.sum() < 10:
+        return inner
+    depth = cv2.distanceTransform(inner.astype(np.uint8), cv2.DIST_L2, 3)
+    band = inner & (depth <= max(width * MOUTH_BAND, 1.0))
+    values = lab[band]
+    out = inner.astype(np.uint8)
+    out[band] = _log_likelihood(values, lab[core]) >= _log_likelihood(values, lab[lip_core])
+    return (cv2.medianBlur(out * 255, 5) > 127) & inner
+
+
+def _nearer_line(shape, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """True where a pixel is at least as close to polyline `first` as to polyline `second`."""
+    dist = []
+    for line in (first, second):
+        canvas = np.ones(shape, np.uint8)
+        cv2.polylines(canvas, [np.round(np.asarray(line) * 16).astype(np.int32)], False, 0, 1, cv2.LINE_8, 4)
+        dist.append(cv2.distanceTransform(canvas, cv2.DIST_L2, 3))
+    return dist[0] <= dist[1]
 
 
 def refine_by_colour(feature: np.ndarray, region: np.ndarray, radius: int, allowed: np.ndarray) -> np.ndarray:
@@ -228,25 +281,44 @@ def refine_by_colour(feature: np.ndarray, region: np.ndarray, radius: int, allow
         return region
     feature = feature.reshape(*feature.shape[:2], -1).astype(np.float32)  # (H, W, C)
 
-    def log_likelihood(samples: np.ndarray) -> np.ndarray:  # diagonal Gaussian fitted on `samples`
-        mean, var = samples.mean(0), samples.var(0) + 4.0
-        return -0.5 * (((feature - mean) ** 2) / var + np.log(var)).sum(-1)
-
-    closer_inside = log_likelihood(feature[core]) > log_likelihood(feature[ring])
     band = grown & ~core & allowed
-    refined = core | (band & closer_inside)
+    values = feature[band]
+    refined = core.copy()
+    refined[band] = _log_likelihood(values, feature[core]) > _log_likelihood(values, feature[ring])
     refined = cv2.medianBlur(refined.astype(np.uint8) * 255, 5) > 127
     return (refined | core) & grown
 
 
 def parse_landmarks(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 fine label map from an RGB image and its (478, 2) pixel landmarks."""
+    """(H, W) uint8 fine label map from an RGB image and its (478, 2) pixel landmarks.
+
+    Landmarks are MediaPipe pixel coordinates (normalised x, y times width, height). All the work
+    happens on a crop around the face (the landmarks plus the raised forehead, with a margin), which
+    is converted to Lab once.
+    """
+    shape = image.shape[:2]
+    landmarks = np.asarray(landmarks, np.float64) - PIXEL_CENTRE
+    fine = np.zeros(shape, np.uint8)
+    lifted, _ = _lifted_oval(landmarks, _in_face_frame(landmarks))
+    points = np.concatenate([landmarks, lifted])
+    low, high = points.min(0), points.max(0)
+    margin = 8 + 0.1 * float((high - low).max())  # room for the colour-refinement bands
+    x0, y0 = (max(int(np.floor(v - margin)), 0) for v in low)
+    x1, y1 = min(int(np.ceil(high[0] + margin)) + 1, shape[1]), min(int(np.ceil(high[1] + margin)) + 1, shape[0])
+    if x1 <= x0 or y1 <= y0:  # the face lies outside the image
+        return fine
+    fine[y0:y1, x0:x1] = _parse_crop(image[y0:y1, x0:x1], landmarks - np.array([x0, y0], np.float64))
+    return fine
+
+
+def _parse_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """parse_landmarks on a crop, with landmarks already in the crop's pixel-centre coordinates."""
     shape = image.shape[:2]
     frame = _in_face_frame(landmarks)
     lab = _lab(image)
     fine = np.zeros(shape, np.uint8)
     oval = _region(shape, landmarks[FACE_OVAL])
-    fine[oval | _forehead(image, landmarks, oval, frame)] = FINE_LABELS["skin"]
+    fine[oval | _forehead(lab, landmarks, oval, frame)] = FINE_LABELS["skin"]
     nose_hull = cv2.convexHull(landmarks[NOSE_POINTS].astype(np.float32))[:, 0]
     fine[_region(shape, nose_hull)] = FINE_LABELS["nose"]
 
@@ -271,14 +343,20 @@ def parse_landmarks(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     upper = _region(shape, np.concatenate([outer_upper, landmarks[UPPER_LIP_INNER]]))
     lower = _region(shape, np.concatenate([outer_lower, landmarks[LOWER_LIP_INNER]]))
     lips = (upper | lower) & ~inner
+    width = float(np.linalg.norm(landmarks[61] - landmarks[291]))
     if LIP_REFINE > 0:  # lips are redder than the skin around them: follow the a* edge
-        width = float(np.linalg.norm(landmarks[61] - landmarks[291]))
         refined = refine_by_colour(lab[..., LIP_CHANNELS], lips, width * LIP_REFINE, ~inner)
         # New lip pixels take the label of the nearer lip; the mouth line splits them.
         dist_upper = cv2.distanceTransform((~upper).astype(np.uint8), cv2.DIST_L2, 3)
         dist_lower = cv2.distanceTransform((~lower).astype(np.uint8), cv2.DIST_L2, 3)
         fine[lips & ~refined] = FINE_LABELS["skin"]
         upper, lower = refined & (dist_upper <= dist_lower), refined & (dist_upper > dist_lower)
+    if inner.sum() >= 20:  # an open mouth: give the lips back the sliver of lip the inner polygon took
+        polygon = inner
+        inner = refine_mouth_interior(lab, inner, (upper | lower) & ~inner, width)
+        returned = polygon & ~inner
+        nearer_upper = _nearer_line(shape, landmarks[UPPER_LIP_INNER], landmarks[LOWER_LIP_INNER])
+        upper, lower = upper | (returned & nearer_upper), lower | (returned & ~nearer_upper)
     fine[upper & ~inner] = FINE_LABELS["upper_lip"]
     fine[lower & ~inner] = FINE_LABELS["lower_lip"]
     fine[inner] = FINE_LABELS["mouth"]
