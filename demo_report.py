@@ -50,6 +50,10 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def _weights(weights: dict | None) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in (weights or {}).items()) or "-"
+
+
 def collect(out: Path) -> dict:
     """The figures of each stage, straight from its files."""
     seed = _read_json(out / "seed_pairs" / "summary.json")
@@ -143,7 +147,7 @@ def write_markdown(out: Path, figures: dict) -> Path:
         f"| `{_rel(s['image'], out)}` |",
         f"| 2. DDA training | {_fmt(d['pairs'])} seed pairs, `{_rel(d['pretrained'], out)}` | `dda_model/dda_final.pt`, "
         f"LoRA safetensors | {_fmt(d['epochs'])} epochs, {_fmt(d['steps'])} steps at {_fmt(d['resolution'])}px, "
-        f"RDM alpha {_fmt(d['rdm_alpha'], 4)}, FGMM {json.dumps(d['fgmm_weights'])} | {_fmt(timings.get('dda'), 1)} "
+        f"RDM alpha {_fmt(d['rdm_alpha'], 4)}, FGMM {_weights(d['fgmm_weights'])} | {_fmt(timings.get('dda'), 1)} "
         f"| `{_rel(d['image'], out)}` |",
         f"| 3. amplification | {_fmt(a['inputs'])} unseen faces | {_fmt(a['pairs'])} pairs in `amplified/`, "
         f"{_fmt(a['skipped'])} skipped | {_fmt(a['seconds_per_image'])} s per image | {_fmt(timings.get('amplify'), 1)} "
@@ -169,32 +173,42 @@ def write_markdown(out: Path, figures: dict) -> Path:
     return atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
 
 
-def write_overview(out: Path, figures: dict, height: int = 360) -> Path | None:
-    """One PNG: each stage's main picture side by side, titled."""
+def write_overview(out: Path, figures: dict, height: int = 320, per_row: int = 3) -> Path | None:
+    """One PNG: each stage's main picture, titled, three to a row."""
     panels = [
-        ("1. seed pairs", figures["seed_pairs"]["image"]),
-        ("2. DDA samples", figures["dda"]["image"]),
+        ("1. seed pairs (source | target | mask)", figures["seed_pairs"]["image"]),
+        ("2. DDA samples (source | DDA | target)", figures["dda"]["image"]),
         ("3. amplified pairs", figures["amplify"]["image"]),
-        ("4. TinyBeauty samples", figures["tinybeauty"]["image"]),
+        ("4. TinyBeauty validation samples", figures["tinybeauty"]["image"]),
         ("full photo: before", figures["inference"]["input"]),
-        ("full photo: after", figures["inference"]["image"]),
+        ("full photo: after (TinyBeauty, pasted back)", figures["inference"]["image"]),
     ]
-    images = []
+    tiles = []
     for title, path in panels:
         if path and Path(path).is_file():
             image = Image.open(path).convert("RGB")
-            image = image.resize((max(1, round(image.width * height / image.height)), height))
-            images.append((title, image))
-    if not images:
+            scale = min(height / image.height, 1.6 * height / image.width)
+            tiles.append(
+                (title, image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))))
+            )
+    if not tiles:
         return None
-    pad, title_h = 8, 20
-    canvas = Image.new("RGB", (sum(im.width for _, im in images) + pad * (len(images) + 1), height + title_h + 2 * pad),
-                       "white")  # fmt: skip
-    draw, x = ImageDraw.Draw(canvas), pad
-    for title, image in images:
-        draw.text((x, pad), title, fill=(0, 0, 0))
-        canvas.paste(image, (x, pad + title_h))
-        x += image.width + pad
+    pad, title_h = 10, 18
+    rows = [tiles[i : i + per_row] for i in range(0, len(tiles), per_row)]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def tile_width(title: str, image: Image.Image) -> int:
+        return max(image.width, round(measure.textlength(title)))
+
+    width = max(sum(tile_width(*tile) for tile in row) + pad * (len(row) + 1) for row in rows)
+    canvas = Image.new("RGB", (width, len(rows) * (height + title_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        x, y = pad, pad + r * (height + title_h + pad)
+        for title, image in row:
+            draw.text((x, y), title, fill=(0, 0, 0))
+            canvas.paste(image, (x, y + title_h))
+            x += tile_width(title, image) + pad
     return atomic_save_image(canvas, out / "summary.png")
 
 
