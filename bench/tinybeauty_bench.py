@@ -77,7 +77,7 @@ def torch_runner(model: torch.nn.Module, device: torch.device):
 
 
 def ort_runner(path: Path, threads: int | None):
-    session = ort_session(path, threads)  # intra-op threads: all cores unless --threads
+    session = ort_session(path, threads)  # ORT_ENABLE_ALL; intra-op threads: all cores unless --threads
     return lambda images: session.run(None, {"source": images})
 
 
@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "checkpoint": args.checkpoint,
+        "model": {key: getattr(model, key) for key in ("stem", "skip", "widths")},
+        # what tinybeauty_export.ort_session sets: every graph optimisation, one intra-op thread per core
+        "ort_session": {
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+            "intra_op_num_threads": args.threads or os.cpu_count(),
+        },
     }
     result["pytorch"] = latency(torch_runner(model, device), size, args.runs, args.batch_runs)
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,15 @@ is met by design: `block: separable` uses depthwise 3x3 + pointwise 1x1 convs (M
 depthwise 2x2 transposed conv. `block: plain` / `upsample: transposed` give the seed's layers back
 (over budget, for comparison). The output layer starts at zero, so training starts at the identity.
 
+`stem: space_to_depth` runs the whole U-Net at half resolution: PixelUnshuffle(2) folds each 2x2
+block of the face into 12 channels (3x256x256 -> 12x128x128), and the head predicts 12 channels that
+PixelShuffle(2) unfolds into a full-resolution 3-channel residual, so every output pixel still gets
+its own value while no layer touches a 256x256 feature map (ESPCN, Shi et al. 2016, for the
+sub-pixel head). On 2 CPU cores the full-resolution level (its concat, its depthwise transposed conv
+and ONNX Runtime's layout reorders around them) was most of the latency. `stem: full` is the
+previous layout. `skip: add` sums each upsampled map with its skip instead of concatenating, which
+halves the decoder's input channels.
+
 Constructor arguments are exactly the YAML keys under `model:` in configs/tinybeauty.yaml.
 """
 
@@ -22,6 +31,8 @@ from torch import nn
 BLOCKS = ("separable", "plain")
 UPSAMPLES = ("separable", "transposed", "bilinear")
 NORMS = ("batch", "none")
+STEMS = ("full", "space_to_depth")
+SKIPS = ("concat", "add")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -31,15 +42,16 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ConvUnit(nn.Module):
     """One 3x3 conv -> norm -> ReLU; `separable` splits it into depthwise 3x3 + pointwise 1x1."""
 
-    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str):
+    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False):
         super().__init__()
         bias = norm == "none"
-        if block == "separable" and in_ch > 3:
+        if block == "separable" and not reads_image:
             self.conv = nn.Sequential(
                 nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
                 nn.Conv2d(in_ch, out_ch, 1, bias=bias),
             )
-        else:  # the 3-channel stem stays a plain conv: a depthwise conv on RGB would see one channel each
+        else:  # the layer reading the image stays a plain conv: a depthwise conv would see one colour
+            # (or, after space_to_depth, one colour of one pixel of each 2x2 block) at a time
             self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
         self.norm = _norm(norm, out_ch)
         self.act = nn.ReLU(inplace=True)
@@ -51,8 +63,8 @@ class ConvUnit(nn.Module):
 class DoubleConv(nn.Sequential):
     """Two conv units, as each U-Net level of the seed."""
 
-    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str):
-        super().__init__(ConvUnit(in_ch, out_ch, block, norm), ConvUnit(out_ch, out_ch, block, norm))
+    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False):
+        super().__init__(ConvUnit(in_ch, out_ch, block, norm, reads_image), ConvUnit(out_ch, out_ch, block, norm))
 
 
 class Upsample(nn.Module):
@@ -87,26 +99,38 @@ class TinyBeauty(nn.Module):
         upsample: str = "separable",
         norm: str = "none",
         residual_scale: float = 1.0,
+        stem: str = "full",
+        skip: str = "concat",
     ):
+        # The defaults of `stem` and `skip` are the previous layout, so checkpoints saved before these
+        # keys existed (their model_kwargs lack them) still build the same model; the config sets the new one.
         super().__init__()
-        for key, value, allowed in (("block", block, BLOCKS), ("upsample", upsample, UPSAMPLES), ("norm", norm, NORMS)):
+        choices = (("block", block, BLOCKS), ("upsample", upsample, UPSAMPLES), ("norm", norm, NORMS),
+                   ("stem", stem, STEMS), ("skip", skip, SKIPS))  # fmt: skip
+        for key, value, allowed in choices:
             if value not in allowed:
                 raise ValueError(f"model.{key} must be one of {', '.join(allowed)}, not '{value}'")
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1 or bottleneck < 1:
             raise ValueError(f"model.widths must be positive channel counts, got {widths}")
-        self.widths, self.residual_scale = widths, float(residual_scale)
+        self.widths, self.residual_scale, self.stem, self.skip = widths, float(residual_scale), stem, skip
+        # space_to_depth: 2x2 pixel blocks become channels, (B, 3, H, W) -> (B, 12, H/2, W/2)
+        fold = 2 if stem == "space_to_depth" else 1
+        self.unfold, self.refold = nn.PixelUnshuffle(fold), nn.PixelShuffle(fold)
 
-        chans = [3, *widths]
-        self.encoders = nn.ModuleList(DoubleConv(chans[i], chans[i + 1], block, norm) for i in range(len(widths)))
+        chans = [3 * fold * fold, *widths]
+        self.encoders = nn.ModuleList(
+            DoubleConv(chans[i], chans[i + 1], block, norm, reads_image=i == 0) for i in range(len(widths))
+        )
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = DoubleConv(widths[-1], bottleneck, block, norm)
         deeper = [bottleneck, *reversed(widths)]  # channels coming up from below each level
         self.upsamples = nn.ModuleList(Upsample(deeper[i], deeper[i + 1], upsample) for i in range(len(widths)))
+        merged = 2 if skip == "concat" else 1
         self.decoders = nn.ModuleList(
-            DoubleConv(2 * deeper[i + 1], deeper[i + 1], block, norm) for i in range(len(widths))
+            DoubleConv(merged * deeper[i + 1], deeper[i + 1], block, norm) for i in range(len(widths))
         )
-        self.head = nn.Conv2d(widths[0], 3, 1)
+        self.head = nn.Conv2d(widths[0], 3 * fold * fold, 1)
         # Zero-initialised output layer: the model starts as the identity (residual 0), so the first
         # steps refine the face instead of undoing random noise.
         nn.init.zeros_(self.head.weight)
@@ -114,10 +138,12 @@ class TinyBeauty(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** len(self.widths)
+        return 2 ** len(self.widths) * (2 if self.stem == "space_to_depth" else 1)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) face in [-1, 1] -> (B, 3, H, W) makeup residual (unclamped)."""
+        if self.stem == "space_to_depth":
+            x = self.unfold(x)  # (B, 12, H / 2, W / 2)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -125,8 +151,13 @@ class TinyBeauty(nn.Module):
             x = self.pool(x)
         x = self.bottleneck(x)  # (B, bottleneck, H / 2^L, W / 2^L)
         for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
-            x = decoder(torch.cat([upsample(x), skip], dim=1))
-        return self.head(x) * self.residual_scale
+            x = decoder(torch.cat([upsample(x), skip], dim=1) if self.skip == "concat" else upsample(x) + skip)
+        residual = self.head(x)
+        if self.residual_scale != 1.0:  # a Python-level check, so the exported graph has no Mul by 1
+            residual = residual * self.residual_scale
+        if self.stem == "space_to_depth":
+            residual = self.refold(residual)  # (B, 12, H / 2, W / 2) -> (B, 3, H, W)
+        return residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x + self.residual(x)).clamp(-1.0, 1.0)

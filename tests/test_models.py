@@ -1,4 +1,4 @@
-"""TinyBeauty: shapes, identity at start, the parameter/MAC budget, and the MAC counter itself."""
+"""TinyBeauty: shapes, identity at start, the parameter/MAC budget, old checkpoints, ONNX parity, the MAC counter."""
 
 from __future__ import annotations
 
@@ -14,8 +14,14 @@ from models.tinybeauty import MODELS, TinyBeauty, count_macs, model_size_kb
 CONFIG = REPO_ROOT / "configs" / "tinybeauty.yaml"
 
 
-def default_model() -> TinyBeauty:
-    return TinyBeauty(**load_config(CONFIG).model)
+STEMS = ["space_to_depth", "full"]
+# model_kwargs of a checkpoint saved before `stem` and `skip` existed (the previous default config)
+OLD_KWARGS = {"widths": [16, 32, 64], "bottleneck": 128, "block": "separable", "upsample": "separable",
+              "norm": "none", "residual_scale": 1.0}  # fmt: skip
+
+
+def default_model(**overrides) -> TinyBeauty:
+    return TinyBeauty(**{**load_config(CONFIG).model, **overrides})
 
 
 def test_constructor_arguments_are_exactly_the_config_keys():
@@ -24,11 +30,50 @@ def test_constructor_arguments_are_exactly_the_config_keys():
     assert MODELS["tinybeauty"] is TinyBeauty
 
 
-def test_default_model_is_within_the_budget():
-    model = default_model()
+@pytest.mark.parametrize("stem", STEMS)
+def test_default_model_is_within_the_budget(stem):
+    model = default_model(stem=stem)
     assert count_parameters(model) <= 80_000  # the paper's 0.08M
     assert count_macs(model, 256) <= 0.5e9
     assert model_size_kb(count_parameters(model))["int8"] < 100
+
+
+def test_space_to_depth_is_the_default_and_no_layer_runs_at_full_resolution():
+    model = default_model()
+    assert model.stem == "space_to_depth" and model.downsample_factor == 16
+    sizes = []
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d)):
+            layer.register_forward_hook(lambda m, inputs, out: sizes.append(max(inputs[0].shape[-1], out.shape[-1])))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    assert sizes and max(sizes) == 32  # every conv, transposed conv and pool at 64 / 2 or below
+    assert count_macs(model, 256) < 0.5 * count_macs(default_model(stem="full"), 256)
+
+
+def test_space_to_depth_residual_is_per_pixel():
+    """PixelShuffle gives each of the 4 pixels of a 2x2 block its own value (not a 2x upsampled map)."""
+    model = default_model()
+    with torch.no_grad():
+        nn.init.normal_(model.head.weight)
+        residual = model.residual(torch.rand(1, 3, 32, 32) * 2 - 1)
+    assert (residual[..., 0::2, :] - residual[..., 1::2, :]).abs().mean() > 0.01
+    assert (residual[..., :, 0::2] - residual[..., :, 1::2]).abs().mean() > 0.01
+
+
+def test_checkpoint_without_the_new_keys_builds_the_previous_model():
+    """load_model_from_checkpoint calls TinyBeauty(**model_kwargs): old kwargs must give the old layout."""
+    from tinybeauty_training import load_model_from_checkpoint
+
+    old = TinyBeauty(**OLD_KWARGS)
+    assert old.stem == "full" and old.skip == "concat" and count_parameters(old) == 67_443
+    state = {"arch": "tinybeauty", "model_kwargs": OLD_KWARGS, "model": old.state_dict()}
+    loaded = load_model_from_checkpoint(state)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), old.eval()(x))
+    with pytest.raises(RuntimeError):  # the new default's weights do not fit the old layout
+        TinyBeauty(**OLD_KWARGS).load_state_dict(default_model().state_dict())
 
 
 def test_seed_layers_are_over_budget_so_the_budget_check_can_fail():
@@ -36,9 +81,10 @@ def test_seed_layers_are_over_budget_so_the_budget_check_can_fail():
     assert count_parameters(seed_like) > 400_000
 
 
+@pytest.mark.parametrize("stem, skip", [("space_to_depth", "concat"), ("space_to_depth", "add"), ("full", "add")])
 @pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 32, 48)])
-def test_shapes_and_range(shape):
-    model = default_model()
+def test_shapes_and_range(shape, stem, skip):
+    model = default_model(stem=stem, skip=skip)
     with torch.no_grad():
         nn.init.normal_(model.head.weight, std=1.0)  # a non-trivial residual
         x = torch.rand(shape) * 2 - 1
@@ -49,8 +95,9 @@ def test_shapes_and_range(shape):
     assert residual.abs().max() > 0.01
 
 
-def test_starts_as_the_identity():
-    model = default_model()
+@pytest.mark.parametrize("stem", STEMS)
+def test_starts_as_the_identity(stem):
+    model = default_model(stem=stem)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(model(x), x)
@@ -68,7 +115,10 @@ def test_gradients_reach_every_layer_after_one_step():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-@pytest.mark.parametrize("key, value", [("block", "fancy"), ("upsample", "pixelshuffle"), ("norm", "layer")])
+@pytest.mark.parametrize(
+    "key, value",
+    [("block", "fancy"), ("upsample", "pixelshuffle"), ("norm", "layer"), ("stem", "patchify"), ("skip", "mul")],
+)
 def test_unknown_choices_name_the_key(key, value):
     with pytest.raises(ValueError, match=f"model.{key}"):
         TinyBeauty(**{key: value})
@@ -81,3 +131,30 @@ def test_mac_counter_on_known_layers():
     assert count_macs(depthwise, size=8, channels=4) == 8 * 8 * 4 * 9
     up = nn.ConvTranspose2d(4, 2, 2, stride=2)
     assert count_macs(up, size=8, channels=4) == 8 * 8 * 4 * 2 * 4
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_onnx_export_matches_pytorch(stem, tmp_path):
+    """The exported graph (opset 17, constants folded) gives PyTorch's output, and has no leftover ops."""
+    import onnx
+
+    from tinybeauty_export import export_onnx, ort_session
+
+    torch.manual_seed(0)
+    model = default_model(stem=stem).eval()
+    with torch.no_grad():
+        nn.init.normal_(model.head.weight, std=0.1)
+    path = export_onnx(model, tmp_path / "tinybeauty.onnx", size=64)
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version == 17
+    assert {node.op_type for node in graph.graph.node} <= {
+        "Conv", "Relu", "MaxPool", "ConvTranspose", "Concat", "Add", "Clip", "Constant",
+        "Reshape", "Transpose", "DepthToSpace",  # PixelUnshuffle / PixelShuffle
+    }  # fmt: skip
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ort_session(path, threads=1).run(None, {"source": x.numpy()})[0]
+    assert got.shape == expected.shape
+    assert abs(got - expected).max() < 1e-4
+    assert abs(expected - x.numpy()).max() > 0.01  # a non-trivial residual was compared
