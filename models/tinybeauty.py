@@ -10,14 +10,18 @@ is met by design: `block: separable` uses depthwise 3x3 + pointwise 1x1 convs (M
 depthwise 2x2 transposed conv. `block: plain` / `upsample: transposed` give the seed's layers back
 (over budget, for comparison). The output layer starts at zero, so training starts at the identity.
 
-`stem: space_to_depth` runs the whole U-Net at half resolution: PixelUnshuffle(2) folds each 2x2
-block of the face into 12 channels (3x256x256 -> 12x128x128), and the head predicts 12 channels that
-PixelShuffle(2) unfolds into a full-resolution 3-channel residual, so every output pixel still gets
-its own value while no layer touches a 256x256 feature map (ESPCN, Shi et al. 2016, for the
-sub-pixel head). On 2 CPU cores the full-resolution level (its concat, its depthwise transposed conv
-and ONNX Runtime's layout reorders around them) was most of the latency. `stem: full` is the
-previous layout. `skip: add` sums each upsampled map with its skip instead of concatenating, which
-halves the decoder's input channels.
+`stem: space_to_depth` runs the whole U-Net at half resolution. Conceptually PixelUnshuffle(2) folds
+each 2x2 block of the face into 12 channels (3x256x256 -> 12x128x128) before a 3x3 conv, and the head
+predicts 12 channels that PixelShuffle(2) unfolds into a full-resolution 3-channel residual, so every
+output pixel still gets its own value while no feature map is at 256x256 (ESPCN, Shi et al. 2016,
+for the sub-pixel head). Both are built as their exact single-layer equivalents: a 3x3 conv on the
+unshuffled image is a 6x6 stride-2 conv on the image (padding 2), and a 1x1 conv + PixelShuffle(2)
+is a 2x2 stride-2 transposed conv (with one bias per colour instead of per sub-pixel). Same function,
+but ONNX Runtime then runs two convs instead of Reshape/Transpose/DepthToSpace copies of the image,
+which were ~25% of its time at 256 (tests/test_models.py checks the equivalence). On 2 CPU cores the
+full-resolution level (its concat, its depthwise transposed conv and the layout reorders around them)
+was most of the latency of `stem: full`, the previous layout. `skip: add` sums each upsampled map
+with its skip instead of concatenating it, which halves the decoder's input channels.
 
 Constructor arguments are exactly the YAML keys under `model:` in configs/tinybeauty.yaml.
 """
@@ -40,9 +44,13 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvUnit(nn.Module):
-    """One 3x3 conv -> norm -> ReLU; `separable` splits it into depthwise 3x3 + pointwise 1x1."""
+    """One 3x3 conv -> norm -> ReLU; `separable` splits it into depthwise 3x3 + pointwise 1x1.
 
-    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False):
+    `reads_image` with `stride` 2 is the space_to_depth stem: 3x3 on the 2x2-unshuffled image, built
+    as the equivalent 6x6 stride-2 conv (padding 2).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False, stride: int = 1):
         super().__init__()
         bias = norm == "none"
         if block == "separable" and not reads_image:
@@ -52,7 +60,7 @@ class ConvUnit(nn.Module):
             )
         else:  # the layer reading the image stays a plain conv: a depthwise conv would see one colour
             # (or, after space_to_depth, one colour of one pixel of each 2x2 block) at a time
-            self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+            self.conv = nn.Conv2d(in_ch, out_ch, 3 * stride, stride=stride, padding=stride, bias=bias)
         self.norm = _norm(norm, out_ch)
         self.act = nn.ReLU(inplace=True)
 
@@ -63,8 +71,10 @@ class ConvUnit(nn.Module):
 class DoubleConv(nn.Sequential):
     """Two conv units, as each U-Net level of the seed."""
 
-    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False):
-        super().__init__(ConvUnit(in_ch, out_ch, block, norm, reads_image), ConvUnit(out_ch, out_ch, block, norm))
+    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False, stride: int = 1):
+        super().__init__(
+            ConvUnit(in_ch, out_ch, block, norm, reads_image, stride), ConvUnit(out_ch, out_ch, block, norm)
+        )
 
 
 class Upsample(nn.Module):
@@ -114,13 +124,12 @@ class TinyBeauty(nn.Module):
         if not widths or min(widths) < 1 or bottleneck < 1:
             raise ValueError(f"model.widths must be positive channel counts, got {widths}")
         self.widths, self.residual_scale, self.stem, self.skip = widths, float(residual_scale), stem, skip
-        # space_to_depth: 2x2 pixel blocks become channels, (B, 3, H, W) -> (B, 12, H/2, W/2)
-        fold = 2 if stem == "space_to_depth" else 1
-        self.unfold, self.refold = nn.PixelUnshuffle(fold), nn.PixelShuffle(fold)
+        fold = 2 if stem == "space_to_depth" else 1  # the stem's stride: (B, 3, H, W) -> (B, w_0, H/2, W/2)
 
-        chans = [3 * fold * fold, *widths]
+        chans = [3, *widths]
         self.encoders = nn.ModuleList(
-            DoubleConv(chans[i], chans[i + 1], block, norm, reads_image=i == 0) for i in range(len(widths))
+            DoubleConv(chans[i], chans[i + 1], block, norm, reads_image=i == 0, stride=fold if i == 0 else 1)
+            for i in range(len(widths))
         )
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = DoubleConv(widths[-1], bottleneck, block, norm)
@@ -130,7 +139,8 @@ class TinyBeauty(nn.Module):
         self.decoders = nn.ModuleList(
             DoubleConv(merged * deeper[i + 1], deeper[i + 1], block, norm) for i in range(len(widths))
         )
-        self.head = nn.Conv2d(widths[0], 3 * fold * fold, 1)
+        # space_to_depth: 1x1 conv to 12 channels + PixelShuffle(2), as one 2x2 stride-2 transposed conv
+        self.head = nn.ConvTranspose2d(widths[0], 3, 2, stride=2) if fold == 2 else nn.Conv2d(widths[0], 3, 1)
         # Zero-initialised output layer: the model starts as the identity (residual 0), so the first
         # steps refine the face instead of undoing random noise.
         nn.init.zeros_(self.head.weight)
@@ -142,21 +152,17 @@ class TinyBeauty(nn.Module):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) face in [-1, 1] -> (B, 3, H, W) makeup residual (unclamped)."""
-        if self.stem == "space_to_depth":
-            x = self.unfold(x)  # (B, 12, H / 2, W / 2)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
-            skips.append(x)  # (B, w_i, H / 2^i, W / 2^i)
+            skips.append(x)  # (B, w_i, H / 2^i, W / 2^i); H / 2^(i+1) with the space_to_depth stem
             x = self.pool(x)
         x = self.bottleneck(x)  # (B, bottleneck, H / 2^L, W / 2^L)
         for upsample, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
             x = decoder(torch.cat([upsample(x), skip], dim=1) if self.skip == "concat" else upsample(x) + skip)
-        residual = self.head(x)
+        residual = self.head(x)  # (B, 3, H, W)
         if self.residual_scale != 1.0:  # a Python-level check, so the exported graph has no Mul by 1
             residual = residual * self.residual_scale
-        if self.stem == "space_to_depth":
-            residual = self.refold(residual)  # (B, 12, H / 2, W / 2) -> (B, 3, H, W)
         return residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

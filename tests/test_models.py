@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common import REPO_ROOT, count_parameters, load_config
@@ -38,17 +40,45 @@ def test_default_model_is_within_the_budget(stem):
     assert model_size_kb(count_parameters(model))["int8"] < 100
 
 
-def test_space_to_depth_is_the_default_and_no_layer_runs_at_full_resolution():
+def record_sizes(sizes: dict, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    sizes[name] = (inputs[0].shape[-1], output.shape[-1])  # (input width, output width)
+
+
+def test_space_to_depth_is_the_default_and_no_feature_map_is_at_full_resolution():
     model = default_model()
     assert model.stem == "space_to_depth" and model.downsample_factor == 16
-    sizes = []
-    for layer in model.modules():
+    sizes = {}
+    for name, layer in model.named_modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d)):
-            layer.register_forward_hook(lambda m, inputs, out: sizes.append(max(inputs[0].shape[-1], out.shape[-1])))
+            layer.register_forward_hook(partial(record_sizes, sizes, name))
     with torch.no_grad():
         model(torch.zeros(1, 3, 64, 64))
-    assert sizes and max(sizes) == 32  # every conv, transposed conv and pool at 64 / 2 or below
+    stem, head = "encoders.0.0.conv", "head"
+    assert sizes.pop(stem) == (64, 32) and sizes.pop(head) == (32, 64)  # image in, residual out
+    assert sizes and max(max(pair) for pair in sizes.values()) == 32  # everything else at 64 / 2 or below
     assert count_macs(model, 256) < 0.5 * count_macs(default_model(stem="full"), 256)
+
+
+def test_space_to_depth_layers_equal_pixel_unshuffle_conv_and_pixel_shuffle_head():
+    """The stem's 6x6 stride-2 conv is PixelUnshuffle(2) + a 3x3 conv; the head is a 1x1 conv + PixelShuffle(2)."""
+    torch.manual_seed(0)
+    model = default_model()
+    stem, head = model.encoders[0][0].conv, model.head
+    nn.init.normal_(head.weight)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    # the 3x3 kernel tap (ky, kx) on unshuffled channel c*4 + a*2 + b is image tap (2*ky + a, 2*kx + b) of colour c
+    conv3 = nn.Conv2d(12, stem.out_channels, 3, padding=1)
+    w6 = stem.weight.detach()  # (out, 3, 6, 6)
+    w3 = w6.reshape(-1, 3, 3, 2, 3, 2).permute(0, 1, 3, 5, 2, 4).reshape(-1, 12, 3, 3)
+    conv1 = nn.Conv2d(head.in_channels, 12, 1)
+    features = torch.rand(2, head.in_channels, 16, 16)
+    with torch.no_grad():
+        conv3.weight.copy_(w3), conv3.bias.copy_(stem.bias)
+        assert torch.allclose(stem(x), conv3(F.pixel_unshuffle(x, 2)), atol=1e-5)
+        # transposed-conv weight (in, colour, a, b) -> 1x1 weight (colour*4 + a*2 + b, in); one bias per colour
+        conv1.weight.copy_(head.weight.reshape(head.in_channels, 12).t()[..., None, None])
+        conv1.bias.copy_(head.bias.repeat_interleave(4))
+        assert torch.allclose(head(features), F.pixel_shuffle(conv1(features), 2), atol=1e-5)
 
 
 def test_space_to_depth_residual_is_per_pixel():
@@ -147,9 +177,9 @@ def test_onnx_export_matches_pytorch(stem, tmp_path):
     path = export_onnx(model, tmp_path / "tinybeauty.onnx", size=64)
     graph = onnx.load(str(path))
     assert graph.opset_import[0].version == 17
+    # no Reshape/Transpose/DepthToSpace copies of the image, no Mul by residual_scale 1
     assert {node.op_type for node in graph.graph.node} <= {
-        "Conv", "Relu", "MaxPool", "ConvTranspose", "Concat", "Add", "Clip", "Constant",
-        "Reshape", "Transpose", "DepthToSpace",  # PixelUnshuffle / PixelShuffle
+        "Conv", "Relu", "MaxPool", "ConvTranspose", "Concat", "Add", "Clip", "Constant"
     }  # fmt: skip
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
