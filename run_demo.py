@@ -122,9 +122,7 @@ def build_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
             "Stage 3: amplification",
             [
                 py,
-                "dda_amplify.py",
-                "--config",
-                str(DEMO_CONFIGS / "dda_amplify.yaml"),
+                "dda_amplify.py",  # the real config: its resolution follows the DDA's (64 in the demo)
                 f"checkpoint={dda_dir / 'dda_final.pt'}",
                 f"input_dir={unseen_dir}",
                 f"output_dir={amp_dir}",
