@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
     run_dir = prepare_run_dir(cfg)
     seed_everything(cfg.seed)
-    device = get_device(cfg.device)
+    device = get_device(cfg.train.device)
     dataset, pairs = build_data(cfg, run_dir)
     holdout_path = find_holdout_face(cfg, {p.name for p in pairs})
     holdout = load_holdout(holdout_path, cfg.train.resolution)
