@@ -304,7 +304,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def amplify_residual(residual: torch.Tensor, gain: float = 4.0) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,6 +16,16 @@ sys.path.insert(0, str(REPO))
 # ../shared/data beside the checkout (DEVELOPERS.md); SHARED_DATA overrides it.
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
 SAMPLE_FACES = REPO / "data" / "samples" / "faces"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the tiny diffusion model: on two shared cores more threads make it
+    many times slower, not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _need(path: Path) -> Path:

@@ -31,13 +31,7 @@ from tests.conftest import REPO, SHARED_DATA
 RES = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared cores: more intra-op threads make the tiny model many times slower here, not faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def one_thread_env() -> dict:
