@@ -7,8 +7,10 @@ Writes DIR/tinybeauty_fp32.onnx and DIR/tinybeauty_int8.onnx: input `source`, ou
 NCHW float32 in [-1, 1] at the training size (dynamic batch). int8 is onnxruntime's static
 quantization in QOperator format (QLinearConv), per-channel weights, calibrated on real training
 faces; the final `input + residual` Add and Clip stay float. Measured on the pairs_style1 model (30
-held-out faces, 2 CPU cores): qoperator 87 KB, -0.02 dB vs PyTorch, 17.5 ms; qdq 90 KB, -0.10 dB,
-19.4 ms; dynamic 83 KB, -0.00 dB but 300 ms (ConvInteger is slow on CPU). The check runs PyTorch, ORT fp32 and ORT int8 on held-out faces (the run's
+held-out faces, 2 CPU cores), `model.stem: space_to_depth` (the default): qoperator 88.8 KB, -0.03 dB
+vs PyTorch (its stride-2 transposed-conv head stays float); with `stem: full`: qoperator 87 KB,
+-0.02 dB, 17.5 ms; qdq 90 KB, -0.10 dB, 19.4 ms; dynamic 83 KB, -0.00 dB but 300 ms (ConvInteger is
+slow on CPU). The check runs PyTorch, ORT fp32 and ORT int8 on held-out faces (the run's
 split.json validation names when it sits next to the checkpoint): max abs error and PSNR between
 outputs, PSNR against the targets, file sizes. DIR/export_report.json holds it all; `--strict`
 exits with status 1 when a check fails (fp32 parity, int8 within 0.3 dB of PyTorch, int8 < 100 KB).

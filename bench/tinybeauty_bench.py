@@ -7,12 +7,15 @@ Latency is the median of `--runs` (>= 30) timed runs after warm-up, at batch 1 a
 32, at the model's resolution (256 by default). Without a checkpoint the default config's untrained
 model is timed (same layers, same speed). int8 is calibrated on real faces when `--data` (default:
 ../shared/data/pairs_style1) exists, on random images otherwise. The last line printed is the JSON;
-the machine's load average is in it, because a shared machine makes every number slower.
+the machine's load average is in it, because a shared machine makes every number slower. Training
+throughput is the timed model's architecture (the checkpoint's, when given) at the default config's
+batch size and `train.crop_size`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -81,9 +84,9 @@ def ort_runner(path: Path, threads: int | None):
     return lambda images: session.run(None, {"source": images})
 
 
-def training_throughput(cfg, device: torch.device, steps: int) -> float:
-    """Images per second of full optimizer steps at the config's batch size and crop."""
-    model = build_model(cfg).to(device).to(memory_format=torch.channels_last).train()
+def training_throughput(cfg, model: torch.nn.Module, device: torch.device, steps: int) -> float:
+    """Images per second of full optimizer steps of `model` at the config's batch size and crop."""
+    model = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
     losses, optimizer = Losses(cfg), torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     crop = cfg.train.crop_size or cfg.data.size
     batch = {
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["ort_fp32"] = latency(ort_runner(fp32, args.threads), size, args.runs, args.batch_runs)
         result["ort_int8"] = latency(ort_runner(int8, args.threads), size, args.runs, args.batch_runs)
         result["onnx_kb"] = {"fp32": round(fp32.stat().st_size / 1024, 1), "int8": round(int8.stat().st_size / 1024, 1)}
-    result["train_img_per_s"] = round(training_throughput(cfg, device, args.train_steps), 2)
+    result["train_img_per_s"] = round(training_throughput(cfg, model, device, args.train_steps), 2)
     result["train_setting"] = {"batch_size": cfg.train.batch_size, "crop_size": cfg.train.crop_size}
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result))
