@@ -10,6 +10,7 @@ Nothing here runs on import.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -175,6 +176,14 @@ def get_device(prefer: str = "auto") -> torch.device:
 # --------------------------------------------------------------------------------------------
 # Atomic writes: a killed run never leaves a half-written file under its final name
 # --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask (read once: os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str | os.PathLike, write_fn) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +191,7 @@ def _atomic(path: str | os.PathLike, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

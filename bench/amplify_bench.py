@@ -187,10 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     prepared_512 = prepare_faces(args.faces_dir, args.faces, 512)[0] if torch.cuda.is_available() else None
     result["gpu_sd15"] = bench_gpu(args, prepared_512)
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(result))  # the last line is the JSON
     if args.out is not None:
-        atomic_write_text(args.out, text + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     return result
 
 

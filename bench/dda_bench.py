@@ -142,18 +142,16 @@ def main() -> None:
         cfg = load_config(REPO / "configs" / "dda.yaml", [*overrides, f"model.pretrained={tiny}"])
         cpu = torch.device("cpu")
         report["tiny_cpu"] = time_steps(load_base_model(tiny), cfg, cpu, False, args.steps)
-        if args.sd15:
-            if not torch.cuda.is_available():
-                report["sd15_cuda"] = "not measured: no GPU on this machine"
-            else:
-                gpu = torch.device("cuda")
-                cfg = load_config(REPO / "configs" / "dda.yaml", ["train.resolution=512", "wandb.mode=disabled"])
-                base = sd15_sized_base(tiny, gpu, torch.float16)
-                report["sd15_cuda"] = time_steps(base, cfg, gpu, True, args.steps)
-    text = json.dumps(report, indent=1)
-    print(text)
+        if not torch.cuda.is_available():
+            report["sd15_cuda"] = "not measured: no GPU on this machine"
+        elif args.sd15:
+            gpu = torch.device("cuda")
+            cfg = load_config(REPO / "configs" / "dda.yaml", ["train.resolution=512", "wandb.mode=disabled"])
+            base = sd15_sized_base(tiny, gpu, torch.float16)
+            report["sd15_cuda"] = time_steps(base, cfg, gpu, True, args.steps)
+    print(json.dumps(report))  # the last line is the JSON
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

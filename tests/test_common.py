@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,14 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
     atomic_write_text(target, "hello")
     assert target.read_text() == "hello"
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]
+    # the mode a plain open() would give, not mkstemp's owner-only 0600
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_psnr_and_ssim():
