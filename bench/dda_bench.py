@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from common import WandbLogger, count_parameters, load_config  # noqa: E402
 from dda_training import DDALoss, build_optimizer, train_epoch  # noqa: E402
-from models.dda import DDA, load_base_model  # noqa: E402
+from models.dda import DDA, frozen_base, load_base_model  # noqa: E402
 
 
 def sd15_sized_base(tokenizer_source: Path, device, dtype) -> dict:
@@ -48,17 +48,9 @@ def sd15_sized_base(tokenizer_source: Path, device, dtype) -> dict:
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_source, subfolder="tokenizer")
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072))
     scheduler = DDPMScheduler.from_pretrained(tokenizer_source, subfolder="scheduler")
-    for module in (unet, vae, text_encoder):
-        module.requires_grad_(False)
-        module.to(device, dtype)
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "noise_scheduler": scheduler,
-        "pretrained": "random SD-1.5-sized",
-    }
+    return frozen_base(
+        unet, vae, text_encoder, tokenizer, scheduler, pretrained="random SD-1.5-sized", device=device, dtype=dtype
+    )
 
 
 def time_steps(base: dict, cfg, device, use_fp16: bool, steps: int, warmup: int = 2) -> dict:

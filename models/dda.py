@@ -114,17 +114,23 @@ def load_base_model(
                 f"error: config key '{key}': could not load '{name}' from the hub ({_first_line(err)}). With no "
                 "network, download it elsewhere and set model.pretrained to the local folder"
             ) from None
-    unet, vae, text_encoder, tokenizer, scheduler = parts
+    return frozen_base(*parts, pretrained=name, device=device)
+
+
+def frozen_base(unet, vae, text_encoder, tokenizer, noise_scheduler, *, pretrained: str, device, dtype=None) -> dict:
+    """The base model's parts, frozen and on `device` (cast to `dtype` when given), as DDA takes them."""
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)
         module.to(device)
+        if dtype is not None:
+            module.to(dtype)
     return {
         "unet": unet,
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
-        "noise_scheduler": scheduler,
-        "pretrained": name,
+        "noise_scheduler": noise_scheduler,
+        "pretrained": pretrained,
     }
 
 
