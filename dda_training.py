@@ -48,6 +48,7 @@ from common import (
     make_grid,
     parse_stage_args,
     prepare_run_dir,
+    require_dir,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -341,6 +342,7 @@ def write_summary(run_dir, cfg, dda, pairs, counts, state, last_terms, holdout_p
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
+    require_dir(cfg.data.root, "dataset folder", key="data.root")  # before any output is made
     run_dir = prepare_run_dir(cfg)
     seed_everything(cfg.seed)
     device = get_device(cfg.train.device)

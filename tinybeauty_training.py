@@ -48,6 +48,7 @@ from common import (
     make_grid,
     prepare_run_dir,
     psnr,
+    require_dir,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -345,6 +346,7 @@ def load_model_from_checkpoint(state: dict, device: str | torch.device = "cpu") 
 # --------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, resume_state = parse_args(argv)
+    require_dir(cfg.data.root, "dataset folder", key="data.root")  # before any output is made
     run_dir = prepare_run_dir(cfg)
     seed_everything(cfg.seed)
     device = get_device(cfg.train.device)

@@ -107,6 +107,7 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "error:" in proc.stderr and "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()  # the input is checked before any output folder is made
 
 
 def test_overrides_reach_the_run(smoke_run):
