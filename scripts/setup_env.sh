@@ -11,7 +11,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 # torch before the rest: otherwise pip resolves `torch` itself and may pull a multi-GB CUDA build.
-"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+# TORCH_SPEC may hold pip options too (e.g. "torch --index-url URL"): split it into words on purpose.
+# shellcheck disable=SC2086
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 "$VENV/bin/python" -m pip install -q -r requirements.txt
 "$VENV/bin/python" -m pip check
 echo "environment ready: $VENV"
