@@ -82,23 +82,29 @@ def _explain(err: OmegaConfBaseException, origin: str) -> ConfigError:
 def load_config(
     default_path: str | os.PathLike,
     overrides: Sequence[str] = (),
-    config_path: str | os.PathLike | None = None,
+    config_path: str | os.PathLike | dict | None = None,
 ) -> DictConfig:
     """Load a stage config: the stage's default YAML is the schema.
 
-    `config_path` (another YAML, e.g. `configs/demo/tinybeauty.yaml`) and then `overrides`
-    (`train.epochs=2`) are merged on top. An unknown key or a value of the wrong type raises
+    `config_path` (another YAML, e.g. `configs/demo/tinybeauty.yaml`, or a mapping such as the config
+    saved in a checkpoint) and then `overrides` (`train.epochs=2`) are merged on top. An unknown key or a value of the wrong type raises
     ConfigError naming the key.
     """
     default_path = Path(default_path)
     schema = OmegaConf.create(_typed(_read_yaml(default_path)))
     OmegaConf.set_struct(schema, True)
     cfg = schema
-    if config_path is not None and Path(config_path).resolve() != default_path.resolve():
+    if isinstance(config_path, dict):
+        layer, origin = config_path, "in the given config"
+    elif config_path is not None and Path(config_path).resolve() != default_path.resolve():
+        layer, origin = _read_yaml(Path(config_path)), f"in {config_path}"
+    else:
+        layer = None
+    if layer is not None:
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(Path(config_path))))
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(layer))
         except OmegaConfBaseException as err:
-            raise _explain(err, f"in {config_path}") from err
+            raise _explain(err, origin) from err
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=2)")
@@ -184,7 +190,8 @@ def _umask() -> int:
     return mask
 
 
-def _atomic(path: str | os.PathLike, write_fn) -> Path:
+def atomic_write(path: str | os.PathLike, write_fn) -> Path:
+    """Call `write_fn(tmp_path)` on a temporary file beside `path`, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
@@ -201,7 +208,7 @@ def _atomic(path: str | os.PathLike, write_fn) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_save_image(image: Image.Image | np.ndarray, path: str | os.PathLike) -> Path:
@@ -209,12 +216,12 @@ def atomic_save_image(image: Image.Image | np.ndarray, path: str | os.PathLike) 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    return _atomic(path, lambda tmp: image.save(tmp, format=fmt))
+    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """torch.save through a temporary file, then rename."""
-    return _atomic(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

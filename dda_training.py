@@ -41,6 +41,7 @@ from common import (
     config_to_dict,
     count_parameters,
     format_seconds,
+    from_uint8,
     get_device,
     get_rng_state,
     load_checkpoint,
@@ -150,8 +151,7 @@ def load_holdout(path: Path | None, size: int) -> tuple[torch.Tensor, torch.Tens
         log.warning("face parser unavailable for the held-out face (%s): using an all-skin mask", err)
         makeup = None
     mask = np.full((size, size), SKIN, np.uint8) if makeup is None else makeup
-    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()[None] / 127.5 - 1.0
-    return image, torch.from_numpy(mask).long()[None]
+    return from_uint8(rgb)[None], torch.from_numpy(mask).long()[None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def save_samples(dda: DDA, dataset: PairedDataset, holdout, cfg, epoch: int, run
         strength=cfg.diffusion.strength, num_steps=cfg.diffusion.num_steps, scheduler=cfg.diffusion.scheduler
     )
     for index in range(len(dataset)):
-        source, target, mask = (torch.from_numpy(np.ascontiguousarray(a)) for a in _unflipped(dataset, index))
+        source, target, mask = _unflipped(dataset, index)
         output = dda.img2img(source[None], mask[None], generator=generator, **settings)
         rows.append([to_uint8(source), to_uint8(output[0]), to_uint8(target)])
     if holdout is not None:
@@ -282,8 +282,7 @@ def _unflipped(dataset: PairedDataset, index: int):
     """(3, S, S) source and target in [-1, 1] and (S, S) labels, without the random flip (fixed samples)."""
     source, target, mask = dataset.load_arrays(index)
     mask = np.full(source.shape[:2], SKIN, np.uint8) if mask is None else mask
-    to = lambda a: a.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0  # noqa: E731
-    return to(source), to(target), mask.astype(np.int64)
+    return from_uint8(source), from_uint8(target), torch.from_numpy(mask.astype(np.int64))
 
 
 def checkpoint_state(dda, optimizer, scaler, cfg, epoch, state, last_terms) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write_text, from_uint8, load_checkpoint, log, psnr, setup_logging
+from common import atomic_write, atomic_write_text, from_uint8, load_checkpoint, log, psnr, setup_logging
 from data.io import read_rgb, resize_rgb
 from data.paired import DatasetError, scan_pairs
 from tinybeauty_training import load_model_from_checkpoint
@@ -42,17 +42,21 @@ def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) 
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
+    atomic_write(path, lambda tmp: _export(model, dummy, tmp, opset))
+    return path
+
+
+def _export(model: torch.nn.Module, dummy: torch.Tensor, path: str, opset: int) -> None:
     torch.onnx.export(
         model,
         (dummy,),
-        str(path),
+        path,
         input_names=["source"],
         output_names=["makeup"],
         dynamic_axes={"source": {0: "batch"}, "makeup": {0: "batch"}},
         opset_version=opset,
         dynamo=False,
     )
-    return path
 
 
 def tail_nodes(onnx_path: Path) -> list[str]:
@@ -80,7 +84,9 @@ def quantize_int8(
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # the quantizer warns about optional pre-processing on the root logger
     try:
-        return compact_names(_quantize(fp32_path, int8_path, calibration, mode, fmt))
+        return atomic_write(
+            int8_path, lambda tmp: compact_names(_quantize(fp32_path, Path(tmp), calibration, mode, fmt))
+        )
     finally:
         root_logger.setLevel(level)
 

@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -83,10 +82,7 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     resume_state = load_checkpoint(args.resume) if args.resume else None
     try:
         if resume_state is not None and Path(args.config).resolve() == DEFAULT_CONFIG.resolve():
-            with tempfile.TemporaryDirectory() as tmp:
-                saved = Path(tmp) / "resumed.yaml"
-                saved.write_text(OmegaConf.to_yaml(OmegaConf.create(resume_state["config"])))
-                cfg = load_config(DEFAULT_CONFIG, args.overrides, saved)
+            cfg = load_config(DEFAULT_CONFIG, args.overrides, dict(resume_state["config"]))
         else:
             cfg = load_config(DEFAULT_CONFIG, args.overrides, args.config)
     except ConfigError as err:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import WandbLogger, count_parameters, load_config  # noqa: E402
+from common import WandbLogger, atomic_write_text, count_parameters, load_config  # noqa: E402
 from dda_training import DDALoss, build_optimizer, train_epoch  # noqa: E402
 from models.dda import DDA, frozen_base, load_base_model  # noqa: E402
 
@@ -143,7 +143,7 @@ def main() -> None:
             report["sd15_cuda"] = time_steps(base, cfg, gpu, True, args.steps)
     print(json.dumps(report))  # the last line is the JSON
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,10 @@ def test_make_grid_shape():
     cell = torch.zeros(8, 10, 3, dtype=torch.uint8).numpy()
     grid = make_grid([[cell, cell, cell], [cell, cell, cell]], pad=2)
     assert grid.size == (3 * 12 + 2, 2 * 10 + 2)
+
+
+def test_config_mapping_layer_is_checked_like_a_file(default_yaml):
+    # what --resume passes: the config saved in a checkpoint
+    assert load_config(default_yaml, ["train.lr=0.5"], {"train": {"epochs": 7}}).train.epochs == 7
+    with pytest.raises(ConfigError, match="epochz"):
+        load_config(default_yaml, [], {"train": {"epochz": 7}})
