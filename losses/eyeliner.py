@@ -3,7 +3,7 @@
 Eyeliner is a thin, high-contrast line: an L1 or L2 loss on pixels barely notices it being blurred
 or shifted by a pixel, but its edges change a lot. The loss compares Sobel gradient magnitudes of
 the grayscale prediction and target, within the eye-makeup region (mask label 1) when a mask is
-given and over the whole image otherwise.
+given and over the whole image otherwise, as a mean per sample (see `EyelinerLoss.forward`).
 """
 
 from __future__ import annotations
@@ -43,14 +43,21 @@ class EyelinerLoss(nn.Module):
     ) -> torch.Tensor:
         """pred, target: (B, 3, H, W); mask: optional (B, H, W) makeup labels; has_mask: optional (B,) bool.
 
-        Samples without a mask (has_mask False) use the whole image. The edge difference is averaged
-        over the region's pixels, so the term does not shrink with a small eye region.
+        A per-sample mean: each sample's edge difference is averaged over its own region's pixels (so the
+        term does not shrink with a small eye region), then the samples are averaged, each counting once
+        whatever its region's size. The region is the eye label of the mask; the whole image without a
+        mask, and for samples whose has_mask is False. A sample with a mask but no eye pixels (eyes
+        cropped out, closed, or not found by the parser) has nothing to supervise and is left out of the
+        average; when no sample has a region the loss is 0 (still part of the graph).
         """
         edge_error = (sobel_magnitude(pred.float()) - sobel_magnitude(target.float())).abs()  # (B, 1, H, W)
         if mask is None:
-            return self.weight * edge_error.mean()
+            return self.weight * edge_error.mean()  # every sample's region is its whole image: the same size
         region = (mask == self.eye_label).unsqueeze(1).to(edge_error.dtype)  # (B, 1, H, W)
         if has_mask is not None:
             whole = (~has_mask.bool()).view(-1, 1, 1, 1).to(edge_error.dtype)
             region = region * (1 - whole) + whole
-        return self.weight * (edge_error * region).sum() / region.sum().clamp_min(1.0)
+        pixels = region.sum((1, 2, 3))  # (B,)
+        per_sample = (edge_error * region).sum((1, 2, 3)) / pixels.clamp_min(1.0)  # (B,)
+        counted = (pixels > 0).to(per_sample.dtype)
+        return self.weight * (per_sample * counted).sum() / counted.sum().clamp_min(1.0)

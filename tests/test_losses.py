@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from losses import EyelinerLoss, L1Loss
@@ -69,3 +70,41 @@ def test_weights_scale_terms():
     b2 = b.clone()
     b2[..., :4, :] = 0
     assert L1Loss()(a, b2, pixel_weight).item() == 0.0
+
+
+def test_per_sample_mean_when_masked_and_unmasked_samples_mix():
+    """Each sample counts once: an unmasked sample's 2,304 pixels do not swamp another's 448-pixel eye region."""
+    loss = EyelinerLoss(weight=1.0)
+    target = _eyeliner_image()
+    blurred = _eyeliner_image(blur=True)  # an error inside the eye region
+    masked_alone = loss(blurred, target, _eye_mask(), torch.tensor([True])).item()
+    assert masked_alone > 0.05
+
+    pred, targets = torch.cat([blurred, target]), torch.cat([target, target])  # the unmasked sample is exact
+    mask = torch.cat([_eye_mask(), torch.zeros(1, 48, 48, dtype=torch.long)])
+    mixed = loss(pred, targets, mask, has_mask=torch.tensor([True, False])).item()
+    # The old pixel-pooled mean gave masked_alone x 448 / (448 + 2304), about a sixth of it.
+    assert mixed == pytest.approx(masked_alone / 2, rel=1e-5)
+
+    # Two masked samples with eye regions of different sizes: the mean of their own means.
+    small_mask = torch.full((1, 48, 48), 3, dtype=torch.long)
+    small_mask[:, 18:24, 8:32] = 1
+    shifted = _eyeliner_image(shift=1)
+    alone = [loss(blurred, target, _eye_mask()).item(), loss(shifted, target, small_mask).item()]
+    both = loss(torch.cat([blurred, shifted]), torch.cat([target, target]), torch.cat([_eye_mask(), small_mask]))
+    assert both.item() == pytest.approx(sum(alone) / 2, rel=1e-5)
+
+
+def test_samples_with_a_mask_but_no_eye_pixels_are_left_out():
+    loss = EyelinerLoss(weight=1.0)
+    target = _eyeliner_image()
+    pred = _eyeliner_image(shift=2).requires_grad_()
+    no_eyes = torch.full((1, 48, 48), 3, dtype=torch.long)  # a mask without label 1
+    masked_alone = loss(pred, target, _eye_mask()).item()
+    batch = loss(torch.cat([pred, pred]), torch.cat([target, target]), torch.cat([_eye_mask(), no_eyes]))
+    assert batch.item() == pytest.approx(masked_alone, rel=1e-5)  # not halved by the eyeless sample
+
+    nothing = loss(pred, target, no_eyes)
+    assert nothing.item() == 0.0
+    nothing.backward()  # still in the graph: a batch of eyeless faces does not break a training step
+    assert pred.grad is not None and pred.grad.abs().max() == 0
