@@ -94,21 +94,31 @@ def parse_args(argv: list[str] | None = None) -> tuple:
 def check_config(cfg: DictConfig) -> None:
     """Values the type check cannot catch; each message names its key."""
     rules = [
-        ("data.size", cfg.data.size >= 8 and cfg.data.size % 8 == 0, "a positive multiple of 8"),
         ("data.val_fraction", 0 < cfg.data.val_fraction < 1, "between 0 and 1 (exclusive)"),
         ("train.epochs", cfg.train.epochs >= 1, "at least 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "at least 1"),
         ("train.lr", cfg.train.lr > 0, "positive"),
         ("train.scheduler", cfg.train.scheduler in ("cosine", "plateau"), "cosine or plateau"),
-        ("train.crop_size", cfg.train.crop_size == 0 or (8 <= cfg.train.crop_size and cfg.train.crop_size % 8 == 0),
-         "0 or a multiple of 8"),
         ("train.sample_every", cfg.train.sample_every >= 1, "at least 1"),
         ("train.stop_after", cfg.train.stop_after >= 0, "0 or more"),
     ]  # fmt: skip
     for key, ok, expected in rules:
         if not ok:
             raise SystemExit(f"error: config key '{key}' must be {expected}, got {OmegaConf.select(cfg, key)!r}")
-    build_model(cfg)  # a bad model.* value stops here, before any data is read
+    model = build_model(cfg)  # a bad model.* value stops here, before any data is read
+    # Each pooling level halves the image (and the space_to_depth stem once more): a size that does not
+    # divide evenly leaves skip and upsampled maps of different sizes, which crash in forward.
+    factor = model.downsample_factor
+    why = "the model's downsampling factor: 2 per level of model.widths" + (
+        ", x2 for model.stem space_to_depth" if model.stem == "space_to_depth" else ""
+    )
+    for key, allow_zero in (("data.size", False), ("train.crop_size", True)):
+        value = OmegaConf.select(cfg, key)
+        if not ((allow_zero and value == 0) or (value >= factor and value % factor == 0)):
+            zero = "0 or " if allow_zero else ""
+            raise SystemExit(
+                f"error: config key '{key}' must be {zero}a positive multiple of {factor} ({why}), got {value!r}"
+            )
 
 
 # --------------------------------------------------------------------------------------------

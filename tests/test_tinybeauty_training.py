@@ -101,6 +101,43 @@ def test_bad_config_stops_with_the_key(override, key, tmp_path):
         main([f"data.root={tmp_path}", f"output_dir={tmp_path / 'out'}", override])
 
 
+@pytest.mark.parametrize("override", ["data.size=24", "data.size=40", "train.crop_size=24"])
+def test_sizes_the_default_stem_cannot_run_name_the_key_and_the_factor(override, tmp_path):
+    """The default model (3 levels, space_to_depth stem) downsamples 16x: 24 and 40 are multiples of 8 only."""
+    from tinybeauty_training import main
+
+    key = override.split("=")[0]
+    with pytest.raises(SystemExit, match=rf"'{key}' must be .*multiple of 16 \(the model's downsampling factor"):
+        main([f"data.root={tmp_path}", f"output_dir={tmp_path / 'out'}", override])
+
+
+@pytest.mark.parametrize("model", [[], ["model.stem=full"], ["model.widths=[8,8,8,8]"]])
+def test_every_accepted_size_runs_forward(model):
+    """check_config accepts a size exactly when the model's forward pass runs at it."""
+    from common import load_config
+    from tinybeauty_training import DEFAULT_CONFIG, build_model, check_config
+
+    accepted = []
+    for size in range(8, 72, 8):
+        cfg = load_config(DEFAULT_CONFIG, [f"data.size={size}", *model])
+        try:
+            check_config(cfg)
+            ok = True
+        except SystemExit as err:
+            assert "data.size" in str(err)
+            ok = False
+        try:
+            with torch.no_grad():
+                build_model(cfg)(torch.zeros(1, 3, size, size))
+            runs = True
+        except RuntimeError:
+            runs = False
+        assert ok == runs, (size, ok, runs)
+        accepted += [size] if ok else []
+    factor = build_model(load_config(DEFAULT_CONFIG, model)).downsample_factor
+    assert accepted == list(range(factor, 72, factor))
+
+
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     cmd = [sys.executable, "tinybeauty_training.py", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path}/o",
            "wandb.mode=disabled"]  # fmt: skip
