@@ -4,16 +4,27 @@
     python tinybeauty_export.py --checkpoint CKPT --output DIR --data ../shared/data/pairs_style1 --quant dynamic
 
 Writes DIR/tinybeauty_fp32.onnx and DIR/tinybeauty_int8.onnx: input `source`, output `makeup`, both
-NCHW float32 in [-1, 1] at the training size (dynamic batch). int8 is onnxruntime's static
-quantization in QOperator format (QLinearConv), per-channel weights, calibrated on real training
-faces; the final `input + residual` Add and Clip stay float. Measured on the pairs_style1 model (30
-held-out faces, 2 CPU cores), `model.stem: space_to_depth` (the default): qoperator 88.8 KB, -0.03 dB
-vs PyTorch (its stride-2 transposed-conv head stays float); with `stem: full`: qoperator 87 KB,
--0.02 dB, 17.5 ms; qdq 90 KB, -0.10 dB, 19.4 ms; dynamic 83 KB, -0.00 dB but 300 ms (ConvInteger is
-slow on CPU). The check runs PyTorch, ORT fp32 and ORT int8 on held-out faces (the run's
-split.json validation names when it sits next to the checkpoint): max abs error and PSNR between
-outputs, PSNR against the targets, file sizes. DIR/export_report.json holds it all; `--strict`
-exits with status 1 when a check fails (fp32 parity, int8 within 0.3 dB of PyTorch, int8 < 100 KB).
+NCHW float32 in [-1, 1] at the training size (dynamic batch), and an optional float32 scalar input
+`intensity` (shape [], default 1; 0 to 1.5 as `tinybeauty_inference.py --intensity`): makeup =
+clamp(source + intensity x (model(source) - source)), so 0 gives the source back exactly and 1 (or
+feeding `source` alone) the model's output. It is a graph input with an initializer of the same
+name, ONNX's optional input with a default: ONNX Runtime lists it under
+get_overridable_initializers(), not get_inputs(), and logs a warning that it will not constant-fold
+it (expected). int8 is onnxruntime's static quantization in QOperator format (QLinearConv),
+per-channel weights, calibrated on real training faces; the element-wise tail (`input + residual`,
+Clip, the intensity blend) stays float and reads the float `source` (with `--format qdq` too, where
+the quantizer used to hand it a quantised copy of the face). Measured on the pairs_style1 model (30
+held-out faces, 2 CPU cores), `model.stem: space_to_depth` (the default), before the intensity
+input: qoperator 88.8 KB, -0.03 dB vs PyTorch (its stride-2 transposed-conv head stays float); with
+`stem: full`: qoperator 87 KB, -0.02 dB, 17.5 ms; qdq 90 KB, -0.10 dB, 19.4 ms; dynamic 83 KB, -0.00
+dB but 300 ms (ConvInteger is slow on CPU). The intensity input adds 0.3 KB to the int8 file of the
+default architecture (88.8 -> 89.1 KB) and about 1.5% to ORT fp32 batch 1 at 256 (one interleaved
+run on a loaded 2-core machine). The check runs PyTorch, ORT fp32 and ORT int8 on held-out faces
+(the run's split.json validation names when it sits next to the checkpoint): max abs error and PSNR
+between outputs, PSNR against the targets, file sizes, and each model at intensity 0, 1 and 0.5.
+DIR/export_report.json holds it all; `--strict` exits with status 1 when a check fails (fp32 parity,
+int8 within 0.3 dB of PyTorch, int8 < 100 KB, intensity 0 gives the source exactly and 1 the default
+output, fp32 at 0.5 matches PyTorch).
 """
 
 from __future__ import annotations
@@ -30,45 +41,75 @@ import torch
 from common import atomic_write, atomic_write_text, from_uint8, load_checkpoint, log, psnr, setup_logging
 from data.io import read_rgb, resize_rgb
 from data.paired import DatasetError, scan_pairs
+from tinybeauty_inference import blend
 from tinybeauty_training import load_model_from_checkpoint
 
 INT8_LIMIT_KB = 100.0  # the seed's target for the phone model
 MAX_INT8_DROP_DB = 0.3
 MAX_FP32_ABS_ERROR = 1e-3
+INTENSITY, DEFAULT_INTENSITY = "intensity", 1.0  # the ONNX's optional scalar input and its default
+ELEMENTWISE = ("Add", "Sub", "Mul", "Clip", "Min", "Max", "Constant")
+
+
+class WithIntensity(torch.nn.Module):
+    """The model with a makeup strength: blend(source, model(source), intensity), as tinybeauty_inference."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, source: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+        return blend(source, self.model(source), intensity)
 
 
 def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) -> Path:
-    """TorchScript-based exporter (dynamo=False: the dynamo one needs onnxscript, which we do not install)."""
+    """TorchScript-based exporter (dynamo=False: the dynamo one needs onnxscript, which we do not install).
+
+    Inputs `source` (N, 3, size, size) and the scalar `intensity`, which is also an initializer of
+    value 1: ONNX's way of an optional input with a default, so a caller may feed `source` alone.
+    """
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
-    atomic_write(path, lambda tmp: _export(model, dummy, tmp, opset))
+    atomic_write(path, lambda tmp: _export(WithIntensity(model), dummy, tmp, opset))
     return path
 
 
 def _export(model: torch.nn.Module, dummy: torch.Tensor, path: str, opset: int) -> None:
+    import onnx
+    from onnx import numpy_helper
+
     torch.onnx.export(
         model,
-        (dummy,),
+        (dummy, torch.tensor(DEFAULT_INTENSITY)),
         path,
-        input_names=["source"],
+        input_names=["source", INTENSITY],
         output_names=["makeup"],
         dynamic_axes={"source": {0: "batch"}, "makeup": {0: "batch"}},
         opset_version=opset,
         dynamo=False,
     )
+    exported = onnx.load(path)
+    default = numpy_helper.from_array(np.array(DEFAULT_INTENSITY, np.float32), INTENSITY)
+    exported.graph.initializer.append(default)  # a graph input with an initializer: optional, default 1
+    onnx.checker.check_model(exported)
+    onnx.save(exported, path)
 
 
 def tail_nodes(onnx_path: Path) -> list[str]:
-    """The final `input + residual` Add and the Clip after it: kept in float so int8 does not requantise the face."""
+    """The element-wise ops after the last conv (the model's `input + residual` Add and Clip, and the
+    intensity blend): kept in float so int8 does not requantise the face, and intensity 0 gives it back exactly."""
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    names, node = [], producer.get(graph.output[0].name)
-    while node is not None and node.op_type in ("Clip", "Add", "Min", "Max") and len(names) < 4:
+    names, todo = [], [producer.get(graph.output[0].name)]
+    while todo:
+        node = todo.pop()
+        if node is None or node.op_type not in ELEMENTWISE or node.name in names:
+            continue
         names.append(node.name)
-        node = producer.get(node.input[0]) if node.op_type != "Add" else None
+        todo += [producer.get(name) for name in node.input]
     return names
 
 
@@ -111,6 +152,7 @@ def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: s
         def get_next(self):
             return next(self.batches, None)
 
+    tail = tail_nodes(fp32_path)
     quantize_static(
         str(fp32_path),
         str(int8_path),
@@ -119,12 +161,50 @@ def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: s
         per_channel=True,  # depthwise kernels differ a lot in range: one scale per channel
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=tail_nodes(fp32_path),
+        nodes_to_exclude=tail,
         # Biases stay float: int32 biases need per-channel scale arrays next to them, which cost more
         # bytes than they save on a model this small (~8 KB of the 100 KB budget).
         extra_options={"QuantizeBias": False},
     )
-    return int8_path
+    return float_inputs_to(int8_path, tail)
+
+
+def float_inputs_to(path: Path, nodes: list[str]) -> Path:
+    """Feed the graph's own inputs to `nodes` again where the quantizer put a Quantize/Dequantize round
+    trip in between (QDQ format: every consumer of `source` gets the round trip, excluded nodes too), so
+    the float tail sees the exact face; round trips left unused are dropped. Rewrites `path`."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    graph_inputs = {v.name for v in graph.input}
+
+    def original(name: str) -> str:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in graph_inputs:
+            return q.input[0]
+        return name
+
+    changed = False
+    for node in graph.node:
+        if node.name in nodes:
+            inputs = [original(name) for name in node.input]
+            changed |= inputs != list(node.input)
+            node.input[:] = inputs
+    if not changed:
+        return path
+    while True:  # drop nodes nothing reads any more (the bypassed round trips)
+        used = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
 
 
 def compact_names(path: Path) -> Path:
@@ -169,8 +249,10 @@ def ort_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def ort_run(session, images: np.ndarray, batch: int = 8) -> np.ndarray:
-    outputs = [session.run(None, {"source": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+def ort_run(session, images: np.ndarray, batch: int = 8, intensity: float | None = None) -> np.ndarray:
+    """`intensity` None feeds `source` only (the graph's default intensity 1)."""
+    extra = {} if intensity is None else {INTENSITY: np.array(intensity, np.float32)}
+    outputs = [session.run(None, {"source": images[i : i + batch], **extra})[0] for i in range(0, len(images), batch)]
     return np.concatenate(outputs)
 
 
@@ -228,8 +310,8 @@ def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib
     int8_path = quantize_int8(fp32_path, output / "tinybeauty_int8.onnx", calib, quant, fmt)
     with torch.no_grad():
         torch_out = model(torch.from_numpy(sources)).numpy()
-    fp32_out = ort_run(ort_session(fp32_path), sources)
-    int8_out = ort_run(ort_session(int8_path), sources)
+    fp32_session, int8_session = ort_session(fp32_path), ort_session(int8_path)
+    fp32_out, int8_out = ort_run(fp32_session, sources), ort_run(int8_session, sources)
     torch_vs_target = float(psnr(torch.from_numpy(torch_out), torch.from_numpy(targets)).mean())
     identity = float(psnr(torch.from_numpy(sources), torch.from_numpy(targets)).mean())
     report = {
@@ -248,14 +330,37 @@ def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib
                  **compare(torch_out, int8_out, targets)},
     }  # fmt: skip
     report["int8"]["drop_db_vs_pytorch"] = torch_vs_target - report["int8"]["psnr_vs_target"]
+    sessions = {"fp32": (fp32_session, fp32_out), "int8": (int8_session, int8_out)}
+    report["intensity"] = intensity = intensity_check(model, sources, sessions)
     report["checks"] = {
         "fp32_matches_pytorch": report["fp32"]["max_abs_error"] <= MAX_FP32_ABS_ERROR,
         "int8_within_0.3db": report["int8"]["drop_db_vs_pytorch"] <= MAX_INT8_DROP_DB,
         "int8_under_100kb": report["int8"]["size_kb"] < INT8_LIMIT_KB,
+        "intensity_0_gives_source": all(intensity[k]["max_abs_error_at_0_vs_source"] == 0 for k in sessions),
+        "intensity_1_is_default": all(intensity[k]["max_abs_error_at_1_vs_default"] == 0 for k in sessions),
+        "fp32_intensity_matches_pytorch": intensity["fp32"]["max_abs_error_at_0.5_vs_pytorch"] <= MAX_FP32_ABS_ERROR,
     }
     atomic_write_text(output / "export_report.json", json.dumps(report, indent=1))
     log_report(report)
     return report
+
+
+def intensity_check(model: torch.nn.Module, sources: np.ndarray, sessions: dict) -> dict:
+    """Each ONNX at intensity 0 (must give `sources` back exactly), 1 (must equal feeding `source` alone)
+    and 0.5 (against PyTorch's blend, as tinybeauty_inference --intensity 0.5)."""
+    with torch.no_grad():
+        x = torch.from_numpy(sources)
+        half = blend(x, model(x), 0.5).numpy()
+    result: dict = {"input": INTENSITY, "default": DEFAULT_INTENSITY}
+    for kind, (session, default_out) in sessions.items():
+        result[kind] = {
+            "max_abs_error_at_0_vs_source": float(np.abs(ort_run(session, sources, intensity=0.0) - sources).max()),
+            "max_abs_error_at_1_vs_default": float(
+                np.abs(ort_run(session, sources, intensity=1.0) - default_out).max()
+            ),
+            "max_abs_error_at_0.5_vs_pytorch": float(np.abs(ort_run(session, sources, intensity=0.5) - half).max()),
+        }
+    return result
 
 
 def log_report(report: dict) -> None:
@@ -266,6 +371,11 @@ def log_report(report: dict) -> None:
         log.info("%s: %s  %.1f KB  max |err| vs PyTorch %.2e  PSNR vs PyTorch %.2f dB  vs target %.2f dB",
                  kind, r["path"], r["size_kb"], r["max_abs_error"], r["psnr_vs_pytorch"], r["psnr_vs_target"])  # fmt: skip
     log.info("int8 loses %.3f dB against the targets compared with PyTorch", report["int8"]["drop_db_vs_pytorch"])
+    for kind in ("fp32", "int8"):
+        r = report["intensity"][kind]
+        log.info("%s input '%s': max |err| at 0 vs source %.2e, at 1 vs source alone %.2e, at 0.5 vs PyTorch %.2e",
+                 kind, report["intensity"]["input"], r["max_abs_error_at_0_vs_source"],
+                 r["max_abs_error_at_1_vs_default"], r["max_abs_error_at_0.5_vs_pytorch"])  # fmt: skip
     for name, ok in report["checks"].items():
         (log.info if ok else log.warning)("check %s: %s", name, "ok" if ok else "FAILED")
 

@@ -1,11 +1,17 @@
-"""Apply a trained TinyBeauty to face images or whole photos.
+"""Apply a trained TinyBeauty to face images or whole photos, at an adjustable makeup intensity.
 
     python tinybeauty_inference.py --checkpoint tinybeauty_model/tinybeauty_best_psnr.pt --input faces/ --output out/
     python tinybeauty_inference.py --checkpoint CKPT --input photo.jpg --output out/ --full-photo
+    python tinybeauty_inference.py --checkpoint CKPT --input faces/ --output out/ --intensity 0.5
 
-One PNG per input, with the input's stem, at the input's size. The makeup residual is predicted at
-the model's resolution (`data.size` of the checkpoint's config) and resized to the input's size
-before it is added, so a large face keeps its own detail and only the makeup is upsampled.
+One PNG per input, with the input's stem, at the input's size. The model runs at its resolution
+(`data.size` of the checkpoint's config); its makeup residual there is the clamped output minus the
+face, `clamp(face + raw residual) - face`, what training compared with the target (the raw residual is
+unconstrained where the clamp saturates, and upsampled it would overshoot into neighbouring pixels).
+For a face of another size that residual is resized to the face's size before it is added, so a
+large face keeps its own detail and only the makeup is upsampled. `--intensity X` (0 to 1.5, default
+1) scales the residual: `clamp(face + X * residual)`; 0 gives the face back exactly, 1 the model's
+output, 1.5 a stronger look (the exported ONNX takes the same value as its `intensity` input).
 `--full-photo` finds every face in a photo (data.face_align), applies the model to each aligned face
 and pastes it back with a feathered edge; a photo without a face is written unchanged and reported.
 OUTPUT_DIR/summary.json lists what went in and came out.
@@ -45,16 +51,38 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.M
     return model, int(state["config"]["data"]["size"])
 
 
+INTENSITY_RANGE = (0.0, 1.5)  # 0: the face unchanged; 1: the model's makeup; above 1: stronger
+
+
+def check_intensity(value: float) -> float:
+    low, high = INTENSITY_RANGE
+    if not low <= value <= high:  # also rejects nan
+        raise ValueError(f"intensity must be between {low:g} and {high:g} (1 is the trained makeup), got {value:g}")
+    return float(value)
+
+
+def blend(face: torch.Tensor, makeup: torch.Tensor, intensity: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """clamp(face + intensity x (makeup - face), -1, 1), written as makeup x intensity + face x (1 - intensity)
+    so that intensity 0 gives `face` and 1 gives `makeup` bit for bit (tinybeauty_export builds the same graph)."""
+    return (makeup * intensity + face * (1 - intensity)).clamp(-1.0, 1.0)
+
+
 @torch.no_grad()
-def apply_makeup(model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device) -> np.ndarray:
-    """(H, W, 3) uint8 face of any size -> (H, W, 3) uint8 with makeup."""
+def apply_makeup(
+    model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device, intensity: float = 1.0
+) -> np.ndarray:
+    """(H, W, 3) uint8 face of any size -> (H, W, 3) uint8 with makeup at `intensity` (0 to 1.5)."""
+    intensity = check_intensity(intensity)
     height, width = image.shape[:2]
     small = from_uint8(np.array(resize_rgb(image, size)))[None].to(device)  # (1, 3, size, size) in [-1, 1]
-    makeup_residual = model.residual(small).float()  # (1, 3, size, size)
-    if (height, width) != (size, size):
-        makeup_residual = F.interpolate(makeup_residual, size=(height, width), mode="bilinear", align_corners=False)
+    makeup = model(small).float()  # clamp(small + residual): what training compared with the target
+    if (height, width) == (size, size):
+        return to_uint8(blend(small, makeup, intensity)[0])
+    # The change the model made at its resolution, not its raw residual: near saturated pixels the raw
+    # residual is unconstrained (training only saw it through the clamp) and would bleed when upsampled.
+    makeup_residual = F.interpolate(makeup - small, size=(height, width), mode="bilinear", align_corners=False)
     full = from_uint8(np.array(image))[None].to(device)  # (1, 3, H, W)
-    return to_uint8((full + makeup_residual).clamp(-1, 1)[0])
+    return to_uint8((full + intensity * makeup_residual).clamp(-1, 1)[0])
 
 
 def collect_inputs(path: Path) -> list[Path]:
@@ -82,13 +110,16 @@ def process_photo(photo: np.ndarray, face_fn: Callable[[np.ndarray], np.ndarray]
     return process_full_photo(photo, face_fn, aligner)
 
 
-def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bool = False, device: str = "auto"):
+def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bool = False, device: str = "auto",
+        intensity: float = 1.0):  # fmt: skip
+    intensity = check_intensity(intensity)
     torch_device = get_device(device)
     model, size = load_model(checkpoint, torch_device)
-    log.info("model from %s (trained at %dx%d), %d input(s), device %s", checkpoint, size, size, len(inputs), device)
+    log.info("model from %s (trained at %dx%d), %d input(s), intensity %g, device %s", checkpoint, size, size,
+             len(inputs), intensity, device)  # fmt: skip
 
     def face_fn(face: np.ndarray) -> np.ndarray:
-        return apply_makeup(model, face, size, torch_device)
+        return apply_makeup(model, face, size, torch_device, intensity)
 
     written, skipped, no_face, faces_total, start = [], [], [], 0, time.time()
     aligner = face_aligner() if full_photo else None
@@ -117,6 +148,7 @@ def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bo
         "checkpoint": str(checkpoint),
         "model_size": size,
         "full_photo": full_photo,
+        "intensity": intensity,
         "inputs": len(inputs),
         "written": len(written),
         "skipped": skipped,
@@ -136,11 +168,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--input", required=True, help="an image or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the results (one PNG per input)")
     parser.add_argument("--full-photo", action="store_true", help="find, align and process every face of a photo")
+    parser.add_argument(
+        "--intensity", type=float, default=1.0, help="makeup strength, 0 (none) to 1.5; 1 is the trained look"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     args = parser.parse_args(argv)
+    try:
+        check_intensity(args.intensity)
+    except ValueError as err:
+        parser.error(f"--{err}")
     setup_logging()
     inputs = collect_inputs(Path(args.input))
-    return run(args.checkpoint, inputs, Path(args.output), args.full_photo, args.device)
+    return run(args.checkpoint, inputs, Path(args.output), args.full_photo, args.device, args.intensity)
 
 
 if __name__ == "__main__":

@@ -177,10 +177,11 @@ def test_onnx_export_matches_pytorch(stem, tmp_path):
     path = export_onnx(model, tmp_path / "tinybeauty.onnx", size=64)
     graph = onnx.load(str(path))
     assert graph.opset_import[0].version == 17
-    # no Reshape/Transpose/DepthToSpace copies of the image, no Mul by residual_scale 1
-    assert {node.op_type for node in graph.graph.node} <= {
-        "Conv", "Relu", "MaxPool", "ConvTranspose", "Concat", "Add", "Clip", "Constant"
-    }  # fmt: skip
+    # no Reshape/Transpose/DepthToSpace copies of the image; the only Muls are the intensity blend's two
+    # (makeup x intensity + source x (1 - intensity)), none by residual_scale 1
+    ops = [node.op_type for node in graph.graph.node]
+    assert set(ops) <= {"Conv", "Relu", "MaxPool", "ConvTranspose", "Concat", "Add", "Clip", "Constant", "Mul", "Sub"}
+    assert ops.count("Mul") == 2 and ops.count("Sub") == 1
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         expected = model(x).numpy()
