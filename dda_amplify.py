@@ -68,10 +68,10 @@ from common import (
     to_uint8,
 )
 from data.io import ImageReadError, list_images, read_labels, read_rgb, resize_labels, resize_rgb
+from models.dda import SCHEDULERS
+from models.fgmm import REGIONS  # FGMM regions; labels 1, 2, 3 in the mask (data/paired.py)
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dda_amplify.yaml"
-REGIONS = ("eyes", "lips", "skin")  # FGMM regions; labels 1, 2, 3 in the mask (data/paired.py)
-SCHEDULERS = ("ddim", "euler_ancestral")
 MANIFEST = "manifest.jsonl"
 SHARD_DIR = "manifest.parts"  # one shard per process while running; merged into MANIFEST at the end
 # Settings recorded per pair: a resumed run must not mix pairs made with other values into one set.
@@ -440,6 +440,7 @@ def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolut
     jobs = plan_jobs(Path(cfg.input_dir), cfg.num_images, int(cfg.variants_per_face), int(cfg.seed))
     if not jobs:
         raise SystemExit(f"error: no images in {cfg.input_dir} (config key 'input_dir')")
+    resolve_sampling(cfg, models[str(cfg.checkpoint)])
     settings = run_settings(cfg, resolution)
     records = load_manifest(out_dir)
     check_settings(records, jobs, settings, out_dir)
@@ -567,12 +568,12 @@ def check_config(cfg: DictConfig) -> None:
     def bad(key: str, why: str) -> SystemExit:
         return SystemExit(f"error: config key '{key}' {why}")
 
-    if str(cfg.scheduler) not in SCHEDULERS:
-        raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)}, not '{cfg.scheduler}'")
-    if not 0 < float(cfg.strength) <= 1:
-        raise bad("strength", f"must be in (0, 1], not {cfg.strength}")
+    if cfg.scheduler is not None and str(cfg.scheduler) not in SCHEDULERS:
+        raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)} or null, not '{cfg.scheduler}'")
+    if cfg.strength is not None and not 0 < float(cfg.strength) <= 1:
+        raise bad("strength", f"must be in (0, 1] or null, not {cfg.strength}")
     for key in ("num_steps", "batch_size", "variants_per_face"):
-        if int(cfg[key]) < 1:
+        if cfg[key] is not None and int(cfg[key]) < 1:
             raise bad(key, f"must be at least 1, not {cfg[key]}")
     weights = dict(cfg.region_weights)
     if set(weights) != set(REGIONS) or any(
@@ -607,6 +608,15 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
         models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
     resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)
     return models, resolution
+
+
+def resolve_sampling(cfg: DictConfig, dda) -> None:
+    """strength, num_steps, scheduler left null take the values the DDA was trained with (its checkpoint);
+    a value that differs is kept and logged (`DDA.sampling_settings`)."""
+    settings = dda.sampling_settings(cfg.strength, cfg.num_steps, cfg.scheduler)
+    for key, value in settings.items():
+        cfg[key] = value
+    log.info("sampling: strength %s, %s steps, %s", cfg.strength, cfg.num_steps, cfg.scheduler)
 
 
 def build_face_tools(cfg: DictConfig, resolution: int):

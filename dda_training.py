@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import (
+    ConfigError,
     WandbLogger,
     atomic_save_image,
     atomic_write_text,
@@ -45,14 +46,15 @@ from common import (
     get_device,
     get_rng_state,
     load_checkpoint,
+    load_config,
     log,
     make_grid,
-    parse_stage_args,
     prepare_run_dir,
     require_dir,
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    stage_argparser,
     to_uint8,
 )
 from data.io import ImageReadError, list_images, read_rgb, resize_rgb
@@ -239,6 +241,7 @@ def train_epoch(dda, loader, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, s
         torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        dda.clamp_scalars()  # alpha in [0, 1], region weights >= 0 (models/dda.py)
         state["global_step"] += 1
         values = {k: float(v.detach()) for k, v in terms.items()}
         for k, v in values.items():
@@ -299,8 +302,25 @@ def checkpoint_state(dda, optimizer, scaler, cfg, epoch, state, last_terms) -> d
     }
 
 
-def resume(path: str, dda, optimizer, scaler, state) -> int:
-    ckpt = load_checkpoint(path)
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """`--resume CKPT` without `--config` continues with the checkpoint's config (overrides on top), as stage 4."""
+    args = stage_argparser(__doc__, DEFAULT_CONFIG).parse_args(argv)
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None and ("dda" not in ckpt or "optimizer" not in ckpt):
+        raise SystemExit(
+            f"error: {args.resume} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)"
+        )
+    try:
+        if ckpt is not None and Path(args.config).resolve() == DEFAULT_CONFIG.resolve():
+            cfg = load_config(DEFAULT_CONFIG, args.overrides, dict(ckpt["config"]))
+        else:
+            cfg = load_config(DEFAULT_CONFIG, args.overrides, args.config)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    return args, cfg, ckpt
+
+
+def resume(ckpt: dict, path: str, dda, optimizer, scaler, state) -> int:
     if "dda" not in ckpt or "optimizer" not in ckpt:
         raise SystemExit(f"error: {path} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)")
     dda.load_state(ckpt["dda"])
@@ -340,7 +360,7 @@ def write_summary(run_dir, cfg, dda, pairs, counts, state, last_terms, holdout_p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
+    args, cfg, resume_ckpt = parse_args(argv)
     require_dir(cfg.data.root, "dataset folder", key="data.root")  # before any output is made
     run_dir = prepare_run_dir(cfg)
     seed_everything(cfg.seed)
@@ -358,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
     loss_fn = DDALoss(cfg).to(device)
     state = {"global_step": 0, "seconds": 0.0, "steps_timed": 0}
-    start_epoch = resume(args.resume, dda, optimizer, scaler, state) if args.resume else 0
+    start_epoch = resume(resume_ckpt, args.resume, dda, optimizer, scaler, state) if resume_ckpt else 0
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=False)
     wandb = WandbLogger(cfg, run_dir, name="dda")
     last_terms: dict = {}

@@ -6,21 +6,26 @@ stage 3 (`dda_amplify.py`) loads it with `load_dda` and calls `DDA.img2img` on t
 How the source conditions the generation (image-to-image, as the official release):
 the source latent is noised to `strength` (0.3) and denoised with DDIM over the timesteps that
 `num_steps` (10) visits from there (201, 101, 1 for SD's scheduler). Training uses exactly those
-timesteps, on the path an ideal DDIM run from the noised source to the target latent would take:
-with z_S, z_T the source and target latents, t0 the first visited timestep and eps Gaussian noise,
+timesteps, on the path an ideal DDIM run from the noised source to the target latent would take
+(`ddim_path`): with z_S, z_T the source and target latents, t0 the first visited timestep, eps
+Gaussian noise and a_end the alpha DDIM's last step lands on (1, or alphas_cumprod[0] with SD 1.5's
+`set_alpha_to_one: false`), the pair (x0_path, eps_path) solves
 
-    eps_path = eps + sqrt(a_t0 / (1 - a_t0)) * (z_S - z_T)        (a = alphas_cumprod)
-    x_t      = sqrt(a_t) * z_T + sqrt(1 - a_t) * eps_path         for every visited t
+    sqrt(a_t0) x0_path + sqrt(1 - a_t0) eps_path = sqrt(a_t0) z_S + sqrt(1 - a_t0) eps   (the noised source)
+    sqrt(a_end) x0_path + sqrt(1 - a_end) eps_path = z_T                               (where sampling ends)
 
-At t0 this is the noised source itself (what inference starts from), and a UNet that predicts
-eps_path at each x_t turns deterministic DDIM from the noised source into exactly z_T. The
-diffusion loss is the usual MSE between predicted and target noise (`noise_pred`, `noise_target`).
+and x_t = sqrt(a_t) x0_path + sqrt(1 - a_t) eps_path at every visited t. A UNet that predicts eps_path
+at each x_t turns deterministic DDIM from the noised source into exactly z_T, for either scheduler
+config. The diffusion loss is the usual MSE between predicted and target noise (`noise_pred`,
+`noise_target`). Sampling defaults to the strength, step count and scheduler the DDA was trained with
+(recorded in its checkpoint); an override that differs is logged.
 
-The pixel side (RDM, FGMM, eyeliner): the x0 prediction is decoded, RDM adds the texture residual
-`alpha * (S - S')` (S' the base model's own reconstruction of the source, see models/rdm.py), and
-FGMM weights the resulting makeup signal per region before it is added to the source:
+The pixel side (RDM, FGMM, eyeliner): the latent DDIM would end on from the current prediction is
+decoded, RDM adds the texture residual `alpha * (S - S')` (S' the base model's own reconstruction of
+the source, see models/rdm.py), and FGMM weights the resulting makeup signal per region before it is
+added to the source:
 
-    styled    = decode(x0_lora) + alpha * (S - decode(x0_base))
+    styled    = decode(end_lora) + alpha * (S - decode(end_base))
     composite = S + FGMM(styled - S, makeup_mask)
 
 so background and weight-0 regions are the source exactly. At amplification the source latents are
@@ -28,6 +33,11 @@ also copied back into regions that get no makeup after every denoising step (as 
 release does), so the model spends its effort where the makeup goes.
 
 Latents use the VAE posterior's mean (not a sample), so the same source gives the same latent.
+
+Other sizes: a source larger or smaller than the DDA's training resolution is brought to that
+resolution, made up there, and the makeup change (output - source) is resized back and added to the
+full-size source: the DDA works at the scale it learned, and the full-size face keeps every pixel of
+its own detail (the RDM idea applied across resolutions).
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ from models.fgmm import FGMM, REGIONS
 from models.rdm import RDM
 
 DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]  # attention only, as diffusers' LoRA examples
+LORA_CONV_MODULES = ["conv1", "conv2", "conv_shortcut"]  # the ResNet convolutions (see configs/dda.yaml)
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 DDA_MODULES_NAME = "dda_modules.json"  # RDM alpha, FGMM weights and settings next to the LoRA file
 SCHEDULERS = ("ddim", "euler_ancestral")
@@ -154,8 +165,9 @@ def _from_pretrained_parts(source: str, dtype: torch.dtype, local_files_only: bo
     return unet, vae, text_encoder, tokenizer, scheduler
 
 
-def add_lora(unet: nn.Module, rank: int, lora_alpha: float) -> None:
-    """LoRA on the attention projections, as diffusers' train_text_to_image_lora.py does it."""
+def add_lora(unet: nn.Module, rank: int, lora_alpha: float, target_modules: list[str] | None = None) -> None:
+    """LoRA through peft as diffusers' LoRA examples add it; `target_modules` are module-name suffixes
+    (default: the attention projections; `lora.target_modules` in configs/dda.yaml adds the convolutions)."""
     from peft import LoraConfig
 
     unet.add_adapter(
@@ -163,7 +175,7 @@ def add_lora(unet: nn.Module, rank: int, lora_alpha: float) -> None:
             r=int(rank),
             lora_alpha=float(lora_alpha),
             init_lora_weights="gaussian",
-            target_modules=LORA_TARGET_MODULES,
+            target_modules=list(target_modules or LORA_TARGET_MODULES),
         )
     )
 
@@ -171,8 +183,10 @@ def add_lora(unet: nn.Module, rank: int, lora_alpha: float) -> None:
 def make_inference_scheduler(noise_scheduler, name: str):
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
 
+    # clip_sample off: SD 1.5's scheduler folder (PNDM) has no clip_sample key, so DDIM would default to
+    # clamping the predicted x0 to [-1, 1], and latents are not images (about unit variance, unbounded).
     if name == "ddim":
-        return DDIMScheduler.from_config(noise_scheduler.config)
+        return DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False)
     if name == "euler_ancestral":
         return EulerAncestralDiscreteScheduler.from_config(noise_scheduler.config)
     raise ValueError(f"unknown scheduler '{name}' (expected one of {', '.join(SCHEDULERS)})")
@@ -196,6 +210,35 @@ def visited_timesteps(scheduler, strength: float, num_steps: int, device=None) -
 # --------------------------------------------------------------------------------------------
 # The DDA
 # --------------------------------------------------------------------------------------------
+
+
+def ddim_path(z_source, z_target, noise, a_start: float, a_end: float):
+    """The (x0, eps) pair of the deterministic DDIM path from the noised source to the target.
+
+    DDIM keeps (x0, eps) fixed along a path x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps. Image-to-image
+    starts at the noised source, x_start = sqrt(a_start) z_S + sqrt(1 - a_start) noise, and its last
+    step returns sqrt(a_end) x0 + sqrt(1 - a_end) eps, a_end being the scheduler's final alpha (1 with
+    set_alpha_to_one; SD 1.5's folder says false: alphas_cumprod[0] = 0.99915). Asking the path to end
+    at z_T gives two equations per element:
+
+        sqrt(a_start) x0 + sqrt(1 - a_start) eps = x_start
+        sqrt(a_end)   x0 + sqrt(1 - a_end)   eps = z_T
+
+    With a_end = 1: x0 = z_T and eps = noise + sqrt(a_start / (1 - a_start)) (z_S - z_T).
+    """
+    s0, n0 = a_start**0.5, (1 - a_start) ** 0.5
+    s1, n1 = a_end**0.5, (1 - a_end) ** 0.5
+    x_start = s0 * z_source + n0 * noise
+    det = s0 * n1 - n0 * s1
+    x0 = (n1 * x_start - n0 * z_target) / det
+    eps = (s0 * z_target - s1 * x_start) / det
+    return x0, eps
+
+
+def _ddim_end(noisy, noise_pred, a_t, a_end: float):
+    """Where deterministic DDIM lands after its last step if the prediction stayed on this path."""
+    x0 = (noisy - (1 - a_t).sqrt() * noise_pred) / a_t.sqrt()
+    return a_end**0.5 * x0 + (1 - a_end) ** 0.5 * noise_pred
 
 
 def _copy_generator(generator: torch.Generator) -> torch.Generator:
@@ -222,18 +265,25 @@ class DDA(nn.Module):
         fgmm: dict[str, float] | None = None,
         strength: float = 0.3,
         num_steps: int = 10,
+        scheduler: str = "ddim",
+        lora_targets: list[str] | None = None,
     ):
         super().__init__()
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{scheduler}' (expected one of {', '.join(SCHEDULERS)})")
         self.pretrained = base["pretrained"]
         self.vae, self.text_encoder, self.tokenizer = base["vae"], base["text_encoder"], base["tokenizer"]
         self.noise_scheduler = base["noise_scheduler"]
         unet = base["unet"]
-        add_lora(unet, lora_rank, lora_alpha)
+        self.lora_targets = list(lora_targets or LORA_TARGET_MODULES)
+        add_lora(unet, lora_rank, lora_alpha, self.lora_targets)
         self.rdm = RDM(unet, alpha=rdm_alpha)
         self.fgmm = FGMM(**(fgmm or {}))
         self.prompt, self.resolution = prompt, int(resolution)
         self.lora_rank, self.lora_alpha = int(lora_rank), float(lora_alpha)
-        self.strength, self.num_steps = float(strength), int(num_steps)
+        # The image-to-image setting the DDA is trained on; sampling defaults to it (`sampling_settings`).
+        self.strength, self.num_steps, self.scheduler = float(strength), int(num_steps), str(scheduler)
+        self._warned: set[str] = set()
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self.rdm.to(self.vae.device)
         self.fgmm.to(self.vae.device)
@@ -262,6 +312,38 @@ class DDA(nn.Module):
         for group in self.trainable_parameters().values():
             for p in group:
                 p.requires_grad_(True)
+
+    # Meaningful ranges of the learned scalars, enforced after every optimizer step (`clamp_scalars`):
+    # alpha is the share of the lost texture that RDM gives back (1 = all of it); a region weight
+    # scales the makeup the LoRA paints (0 = none; a negative weight would paint the opposite colour).
+    ALPHA_RANGE = (0.0, 1.0)
+    REGION_WEIGHT_RANGE = (0.0, 2.0)
+
+    @torch.no_grad()
+    def clamp_scalars(self) -> None:
+        self.rdm.alpha.clamp_(*self.ALPHA_RANGE)
+        self.fgmm.region_weights.clamp_(*self.REGION_WEIGHT_RANGE)
+
+    def sampling_settings(self, strength=None, num_steps=None, scheduler=None) -> dict:
+        """strength, num_steps, scheduler: the trained ones unless given; a differing override is logged once."""
+        trained = {"strength": self.strength, "num_steps": self.num_steps, "scheduler": self.scheduler}
+        given = {"strength": strength, "num_steps": num_steps, "scheduler": scheduler}
+        settings = {}
+        for key, value in given.items():
+            settings[key] = trained[key] if value is None else type(trained[key])(value)
+            if value is not None and settings[key] != trained[key] and key not in self._warned:
+                self._warned.add(key)
+                import logging
+
+                logging.getLogger("makeup").warning(
+                    "sampling with %s=%s, but the DDA was trained with %s=%s: training and sampling no longer "
+                    "follow the same path (leave it unset to use the trained value)",
+                    key,
+                    settings[key],
+                    key,
+                    trained[key],
+                )
+        return settings
 
     # ---- encoders ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -292,6 +374,10 @@ class DDA(nn.Module):
     def training_timesteps(self) -> torch.Tensor:
         return visited_timesteps(make_inference_scheduler(self.noise_scheduler, "ddim"), self.strength, self.num_steps)
 
+    def final_alpha(self) -> float:
+        """alpha_cumprod where DDIM's last step lands: 1 with set_alpha_to_one, alphas_cumprod[0] (SD 1.5) without."""
+        return float(make_inference_scheduler(self.noise_scheduler, "ddim").final_alpha_cumprod)
+
     def training_forward(
         self,
         source: torch.Tensor,
@@ -316,19 +402,19 @@ class DDA(nn.Module):
 
         abar = self.noise_scheduler.alphas_cumprod.to(self.device, torch.float32)
         a_t = abar[timesteps].view(-1, 1, 1, 1)
-        a_0 = abar[visited[0]].item()
-        noise_path = noise + (a_0 / (1 - a_0)) ** 0.5 * (z_source.float() - z_target.float())
-        noisy = (a_t.sqrt() * z_target.float() + (1 - a_t).sqrt() * noise_path).to(self.dtype)
+        a_0, a_end = abar[visited[0]].item(), self.final_alpha()
+        x0_path, noise_path = ddim_path(z_source.float(), z_target.float(), noise, a_0, a_end)
+        noisy = (a_t.sqrt() * x0_path + (1 - a_t).sqrt() * noise_path).to(self.dtype)
         noisy_source = (a_t.sqrt() * z_source.float() + (1 - a_t).sqrt() * noise).to(self.dtype)
         text = self.encode_prompt().expand(batch, -1, -1)
 
         noise_pred = self.rdm(noisy, timesteps, text)
-        x0_pred = (noisy.float() - (1 - a_t).sqrt() * noise_pred.float()) / a_t.sqrt()
+        end_pred = _ddim_end(noisy.float(), noise_pred.float(), a_t, a_end)
         with torch.no_grad():  # S': the base model's own reconstruction of the source
             base_pred = self.rdm(noisy_source, timesteps, text, use_lora=False)
-            x0_base = (noisy_source.float() - (1 - a_t).sqrt() * base_pred.float()) / a_t.sqrt()
-            reconstruction = self.decode(x0_base.to(self.dtype)).float()
-        decoded = self.decode(x0_pred.to(self.dtype)).float()
+            end_base = _ddim_end(noisy_source.float(), base_pred.float(), a_t, a_end)
+            reconstruction = self.decode(end_base.to(self.dtype)).float()
+        decoded = self.decode(end_pred.to(self.dtype)).float()
         styled = self.rdm.restore(decoded, source, reconstruction)
         composite = source + self.fgmm(styled - source, makeup_mask.to(self.device))
         return {
@@ -392,9 +478,9 @@ class DDA(nn.Module):
         makeup_mask: torch.Tensor | None = None,
         *,
         region_weights: dict[str, float] | None = None,
-        strength: float = 0.3,
-        num_steps: int = 10,
-        scheduler: str = "ddim",
+        strength: float | None = None,
+        num_steps: int | None = None,
+        scheduler: str | None = None,
         guidance_scale: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
@@ -417,7 +503,8 @@ class DDA(nn.Module):
         base_generator = (
             [_copy_generator(g) for g in generator] if isinstance(generator, list) else _copy_generator(generator)
         )
-        settings = dict(strength=strength, num_steps=num_steps, scheduler=scheduler, guidance_scale=guidance_scale)
+        settings = self.sampling_settings(strength, num_steps, scheduler)
+        settings["guidance_scale"] = guidance_scale
         styled_latents = self._denoise(z_source, editable, use_lora=True, generator=generator, **settings)
         base_latents = self._denoise(z_source, editable, use_lora=False, generator=base_generator, **settings)
         decoded = self.decode(styled_latents).float()
@@ -458,9 +545,9 @@ class DDA(nn.Module):
         makeup_mask: torch.Tensor,
         *,
         region_weights: dict[str, float] | None = None,
-        strength: float = 0.3,
-        num_steps: int = 10,
-        scheduler: str = "ddim",
+        strength: float | None = None,
+        num_steps: int | None = None,
+        scheduler: str | None = None,
         guidance_scale: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
@@ -468,11 +555,24 @@ class DDA(nn.Module):
 
         Equals the source bit for bit wherever the mask is background or the effective region weight
         (learned FGMM weight, or `region_weights[region]`) is 0. Same generator seed, same output.
+        strength, num_steps, scheduler: None = what the DDA was trained with. A source of another size
+        than `self.resolution` is made up at that resolution and gets the resized makeup change.
         """
         if source.ndim != 4 or makeup_mask.shape != (source.shape[0], *source.shape[-2:]):
             raise ValueError(
                 f"source must be (B, 3, H, W) and makeup_mask (B, H, W); got {tuple(source.shape)} and "
                 f"{tuple(makeup_mask.shape)}"
+            )
+        if source.shape[-1] != self.resolution or source.shape[-2] != self.resolution:
+            return self._img2img_resized(
+                source,
+                makeup_mask,
+                region_weights=region_weights,
+                strength=strength,
+                num_steps=num_steps,
+                scheduler=scheduler,
+                guidance_scale=guidance_scale,
+                generator=generator,
             )
         styled = self.makeup_signal(
             source,
@@ -485,6 +585,19 @@ class DDA(nn.Module):
             generator=generator,
         )
         return self.composite(source, styled, makeup_mask, region_weights)
+
+    def _img2img_resized(self, source: torch.Tensor, makeup_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        """img2img at the training resolution; the change is resized back onto the full-size source."""
+        size = (self.resolution, self.resolution)
+        source = source.to(self.device, torch.float32)
+        makeup_mask = makeup_mask.to(self.device)
+        small = F.interpolate(source, size=size, mode="area" if source.shape[-1] > size[-1] else "bilinear")
+        small_mask = F.interpolate(makeup_mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        change = self.img2img(small, small_mask, **kwargs) - small
+        change = F.interpolate(change, size=source.shape[-2:], mode="bilinear", align_corners=False)
+        weight = self.fgmm.weight_map(makeup_mask, kwargs.get("region_weights"))
+        change = torch.where(weight == 0, torch.zeros_like(change), change)
+        return (source + change).clamp(-1, 1)
 
     # ---- saving and loading --------------------------------------------------------------------
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
@@ -502,6 +615,8 @@ class DDA(nn.Module):
             "lora_alpha": self.lora_alpha,
             "strength": self.strength,
             "num_steps": self.num_steps,
+            "scheduler": self.scheduler,
+            "lora_targets": self.lora_targets,
             "rdm_alpha": float(self.rdm.alpha.detach()),
             "fgmm": self.fgmm.weights(),
         }
@@ -566,6 +681,8 @@ def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torc
         fgmm={name: float(cfg.fgmm[name]) for name in REGIONS},
         strength=float(cfg.diffusion.strength),
         num_steps=int(cfg.diffusion.num_steps),
+        scheduler=str(cfg.diffusion.scheduler),
+        lora_targets=list(cfg.lora.target_modules),
     )
 
 
@@ -632,6 +749,7 @@ def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
     base["unet"].delete_adapters("default")
     settings.setdefault("lora_rank", config.r)
     settings.setdefault("lora_alpha", config.lora_alpha)
+    settings.setdefault("lora_targets", sorted(config.target_modules))
     dda = _dda_from_settings(settings, base)
     dda.load_state(
         {"lora": lora, "rdm_alpha": torch.tensor(float(settings["rdm_alpha"])), "fgmm": dda.fgmm.state_dict()}
@@ -651,4 +769,6 @@ def _dda_from_settings(settings: dict, base: dict) -> DDA:
         fgmm=settings.get("fgmm") or {},
         strength=settings.get("strength", 0.3),
         num_steps=settings.get("num_steps", 10),
+        scheduler=settings.get("scheduler", "ddim"),
+        lora_targets=settings.get("lora_targets"),
     )

@@ -60,10 +60,92 @@ def write_byte_level_vocab(folder: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
+def build_text_encoder(work_dir: Path, hidden_size: int = 32):
+    """A CLIP tokenizer over `write_byte_level_vocab`'s vocabulary and a 2-layer CLIPTextModel (random).
+
+    `work_dir` holds the vocabulary files while the tokenizer is built; it is removed afterwards.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab_file, merges_file = write_byte_level_vocab(work_dir)
+    # transformers 5 does not fill in CLIP's 77-token limit by itself: set it explicitly.
+    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            projection_dim=hidden_size,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    for path in work_dir.iterdir():
+        path.unlink()
+    work_dir.rmdir()
+    return tokenizer, text_encoder
+
+
+def tiny_scheduler():
+    """The tiny model's training scheduler: SD 1.5's betas (scaled_linear 0.00085 .. 0.012, 1000 steps, epsilon)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def sd15_scheduler():
+    """SD 1.5's own scheduler folder: PNDM with `set_alpha_to_one: false` and `skip_prk_steps: true`.
+
+    DDIM built from this config ends one step short of alpha 1 (the last step does not land on x0
+    exactly); `DDPMScheduler.from_pretrained` of the folder reads the same betas.
+    """
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def save_sd_folder(out_dir, *, unet, vae, text_encoder, tokenizer, scheduler=None) -> Path:
+    """Write the parts as a StableDiffusionPipeline folder (diffusers layout, safetensors)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler or tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
+
+
 def build_tiny_sd(out_dir: str | os.PathLike, seed: int = TINY_SD_SEED) -> Path:
     """Write the tiny SD-shaped model to `out_dir` (diffusers layout) and return the folder."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
@@ -92,47 +174,8 @@ def build_tiny_sd(out_dir: str | os.PathLike, seed: int = TINY_SD_SEED) -> Path:
         sample_size=64,
         scaling_factor=0.18215,
     )
-    tokenizer_dir = out_dir / "tokenizer_files"
-    vocab_file, merges_file = write_byte_level_vocab(tokenizer_dir)
-    # transformers 5 does not fill in CLIP's 77-token limit by itself: set it explicitly.
-    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    for path in tokenizer_dir.iterdir():
-        path.unlink()
-    tokenizer_dir.rmdir()
+    tokenizer, text_encoder = build_text_encoder(out_dir / "tokenizer_files", hidden_size=32)
+    save_sd_folder(out_dir, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
     return out_dir
 
 

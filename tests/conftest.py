@@ -70,3 +70,17 @@ def write_synthetic_pairs(root: Path, n: int = 6, size: int = 64, with_mask: boo
 @pytest.fixture
 def synthetic_pairs(tmp_path: Path) -> Path:
     return write_synthetic_pairs(tmp_path / "pairs")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """The random tiny SD-1.5-shaped model (shapes only: it makes noise, not faces)."""
+    from models.tiny_sd import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
+
+
+@pytest.fixture(scope="session")
+def pairs5(tmp_path_factory) -> Path:
+    """Five synthetic 32x32 pairs (the DDA tests' resolution)."""
+    return write_synthetic_pairs(tmp_path_factory.mktemp("pairs") / "pairs", n=5, size=32)

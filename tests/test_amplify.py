@@ -52,6 +52,14 @@ class FakeDDA:
     def __init__(self, shift: float = 0.0, leak: float = 0.0, delay: float = 0.0):
         self.shift, self.leak, self.delay, self.calls = shift, leak, delay, []
 
+    def sampling_settings(self, strength=None, num_steps=None, scheduler=None) -> dict:
+        """As DDA.sampling_settings: unset values are the trained ones (here the official 0.3, 10, ddim)."""
+        return {
+            "strength": 0.3 if strength is None else float(strength),
+            "num_steps": 10 if num_steps is None else int(num_steps),
+            "scheduler": "ddim" if scheduler is None else str(scheduler),
+        }
+
     def img2img(
         self,
         source,

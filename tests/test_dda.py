@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,18 +19,6 @@ RES = 32  # tiny: latent 16x16
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    from models.tiny_sd import build_tiny_sd
-
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "model")
-
-
-@pytest.fixture(scope="session")
-def pairs5(tmp_path_factory) -> Path:
-    return write_synthetic_pairs(tmp_path_factory.mktemp("pairs") / "pairs", n=5, size=RES)
 
 
 def make_dda(tiny_sd, rank=4, lora_alpha=8.0, randomize_lora=True, seed=0):

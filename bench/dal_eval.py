@@ -1,0 +1,315 @@
+"""Data Amplify Learning measured end to end against a makeup template's ground truth (JSON, last line).
+
+    python bench/dal_eval.py --template configs/makeup/classic_red_lip.yaml --pretrained prior/face_prior_128
+    python bench/dal_eval.py --template configs/makeup/smoky_eye.yaml --pretrained prior/face_prior_128 \\
+        --out bench/results/dal_eval_smoky_eye.json
+    python bench/dal_eval.py --template ... --pretrained runs/tiny_sd --amplify 12 --heldout 6 \\
+        --dda "train.resolution=64 train.epochs=2" --tinybeauty "train.epochs=1 data.size=64" --size 64   # smoke
+
+A makeup template (configs/makeup/*.yaml) rendered on a face is that face's true made-up version, so
+every part of the chain can be scored. The bench runs the project's own stage scripts:
+1. `make_seed_pairs.py`: 5 seed pairs from `--seed-faces` (the bundled sample faces by default);
+2. `dda_training.py` on them over `--pretrained` (any SD-1.5-shaped folder);
+3. `dda_amplify.py` on `--amplify` faces of `--faces` that stages 1-2 never saw, at `--size`;
+4. the truth: the template rendered on the very crop the amplifier wrote (face parser on that crop);
+5. scores of the amplified targets against the truth, and of the DDA on its own seed pairs;
+6. `tinybeauty_training.py` three ways, each on as many pairs and for the same steps: the amplified
+   pairs, the 5 seed pairs alone (repeated to the same count), and truth pairs on the same faces;
+7. all three scored against the truth on `--heldout` further faces, unseen by every stage.
+
+Scores ("over the face" = every pixel with a makeup-mask label, eyes 1, lips 2, skin 3):
+- `psnr_db`: prediction vs truth over the whole image; `identity_psnr_db`: source vs truth.
+- `r2`, `r2_lips`, `r2_eyes`: the makeup residual's R^2, 1 - SSE/SST with SSE = sum (pred - truth)^2 and
+  SST = sum (residual - its mean)^2, residual = truth - source, pooled over faces and channels.
+- `lip_change_ratio`: mean |pred - source| over the lips / mean |truth - source| over the lips.
+
+Writes everything under `--work` (default runs/dal_eval/TEMPLATE), and the JSON to `--out` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from common import atomic_write_text, from_uint8, load_checkpoint, log, to_uint8  # noqa: E402
+from data.io import list_images, read_labels, read_rgb  # noqa: E402
+
+LIPS, EYES = 2, 1
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+def _r2(pred: np.ndarray, truth: np.ndarray, source: np.ndarray, region: np.ndarray) -> float | None:
+    if not region.any():
+        return None
+    residual = (truth.astype(np.float64) - source)[region]  # (P, 3)
+    error = (pred.astype(np.float64) - truth)[region]
+    sst = float(((residual - residual.mean(0)) ** 2).sum())
+    return None if sst == 0 else round(1.0 - float((error**2).sum()) / sst, 4)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b) ** 2).mean())
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def score(
+    preds: list[np.ndarray], truths: list[np.ndarray], sources: list[np.ndarray], masks: list[np.ndarray]
+) -> dict:
+    """The scores above for lists of (H, W, 3) uint8 images and (H, W) labels."""
+    pred, truth, source, mask = (np.stack(x) for x in (preds, truths, sources, masks))
+    lips = mask == LIPS
+    truth_lip_change = np.abs(truth.astype(np.float64) - source)[lips].mean() if lips.any() else 0.0
+    pred_lip_change = np.abs(pred.astype(np.float64) - source)[lips].mean() if lips.any() else 0.0
+    return {
+        "faces": len(preds),
+        "psnr_db": round(float(np.mean([_psnr(p, t) for p, t in zip(pred, truth)])), 3),
+        "identity_psnr_db": round(float(np.mean([_psnr(s, t) for s, t in zip(source, truth)])), 3),
+        "r2": _r2(pred, truth, source, mask > 0),
+        "r2_lips": _r2(pred, truth, source, lips),
+        "r2_eyes": _r2(pred, truth, source, mask == EYES),
+        "lip_change_ratio": round(float(pred_lip_change / truth_lip_change), 4) if truth_lip_change else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------------
+def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: int) -> tuple[Path, Path]:
+    """Two folders of symlinks: `amplify` faces for stage 3, `heldout` others for scoring (a seeded shuffle)."""
+    files = list_images(faces_dir)
+    if len(files) < amplify + heldout:
+        raise SystemExit(f"error: {faces_dir} has {len(files)} images; --amplify + --heldout need {amplify + heldout}")
+    order = np.random.default_rng(seed).permutation(len(files))
+    folders = []
+    for name, chosen in (("faces_amplify", order[:amplify]), ("faces_heldout", order[amplify : amplify + heldout])):
+        folder = work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in chosen:
+            link = folder / files[index].name
+            if not link.exists():
+                os.symlink(files[index].resolve(), link)
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
+def render_truth(pairs_dir: Path, template, out_dir: Path) -> list[str]:
+    """The template on each pair's source crop (parsed anew), written as a pair folder (source, target, mask)."""
+    from common import atomic_save_image
+    from data.face_parsing import FaceParser
+    from data.makeup_render import render_makeup
+
+    names = []
+    with FaceParser() as parser:
+        for path in list_images(pairs_dir / "source"):
+            target_path = out_dir / "target" / f"{path.stem}.png"
+            if not target_path.exists():
+                source = read_rgb(path)
+                parse = parser.parse(source)
+                if parse is None:
+                    log.warning("truth: no face parse on %s, left out", path)
+                    continue
+                atomic_save_image(source, out_dir / "source" / f"{path.stem}.png")
+                atomic_save_image(np.asarray(parse.makeup, np.uint8), out_dir / "mask" / f"{path.stem}.png")
+                atomic_save_image(render_makeup(source, parse, template), target_path)
+            names.append(path.stem)
+    return names
+
+
+def prepare_heldout(faces_dir: Path, out_dir: Path, size: int) -> None:
+    """Held-out faces cropped exactly as stage 3 crops them (no DDA): source and mask."""
+    from common import atomic_save_image
+    from data.face_align import FaceAligner
+    from data.face_parsing import FaceParser
+    from dda_amplify import SkipInput, prepare_face
+
+    with FaceAligner(size=max(size, 256), margin=0.4, max_faces=8) as aligner, FaceParser() as parser:
+        for path in list_images(faces_dir):
+            if (out_dir / "source" / f"{path.stem}.png").exists():
+                continue
+            try:
+                face = prepare_face(path, aligner, parser, size)
+            except SkipInput as skip:
+                log.warning("held-out %s skipped: %s", path, skip.reason)
+                continue
+            atomic_save_image(face.mask, out_dir / "mask" / f"{path.stem}.png")
+            atomic_save_image(face.source, out_dir / "source" / f"{path.stem}.png")
+
+
+def replicate_pairs(pairs_dir: Path, out_dir: Path, count: int) -> None:
+    """`count` pairs cycling through the few in `pairs_dir` (symlinks), so a training run on them takes as
+    many steps per epoch as one on `count` distinct pairs."""
+    names = [p.stem for p in list_images(pairs_dir / "source")]
+    for kind in ("source", "target", "mask"):
+        (out_dir / kind).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        name = names[i % len(names)]
+        for kind in ("source", "target", "mask"):
+            link = out_dir / kind / f"r{i:04d}_{name}.png"
+            if not link.exists():
+                os.symlink((pairs_dir / kind / f"{name}.png").resolve(), link)
+
+
+def load_pair_folder(folder: Path, names: list[str] | None = None) -> dict[str, tuple]:
+    names = names or [p.stem for p in list_images(folder / "source")]
+    out = {}
+    for name in names:
+        out[name] = (
+            read_rgb(folder / "source" / f"{name}.png"),
+            read_rgb(folder / "target" / f"{name}.png"),
+            read_labels(folder / "mask" / f"{name}.png"),
+        )
+    return out
+
+
+@torch.no_grad()
+def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
+    """The trained DDA on its own seed pairs at its training resolution, against their targets."""
+    from data.io import resize_labels, resize_rgb
+    from models.dda import load_dda
+
+    dda = load_dda(dda_dir / "dda_final.pt")
+    size = dda.resolution
+    preds, truths, sources, masks = [], [], [], []
+    for index, (source, target, mask) in enumerate(load_pair_folder(seed_dir).values()):
+        source, target = resize_rgb(source, size), resize_rgb(target, size)
+        mask = np.array(resize_labels(mask, size))
+        generator = torch.Generator().manual_seed(index)
+        out = dda.img2img(from_uint8(source)[None], torch.from_numpy(mask.astype(np.int64))[None], generator=generator)
+        preds.append(to_uint8(out[0]))
+        truths.append(target)
+        sources.append(source)
+        masks.append(mask)
+    return score(preds, truths, sources, masks) | {
+        "rdm_alpha": round(float(dda.rdm.alpha), 4),
+        "fgmm": {k: round(v, 4) for k, v in dda.fgmm.weights().items()},
+    }
+
+
+@torch.no_grad()
+def tinybeauty_on(checkpoint: Path, truth: dict[str, tuple]) -> dict:
+    from tinybeauty_training import load_model_from_checkpoint
+
+    model = load_model_from_checkpoint(load_checkpoint(checkpoint))
+    preds, truths, sources, masks = [], [], [], []
+    items = list(truth.values())
+    for start in range(0, len(items), 16):
+        chunk = items[start : start + 16]
+        batch = torch.stack([from_uint8(s) for s, _, _ in chunk])
+        preds.extend(to_uint8(model(batch).clamp(-1, 1)))
+        for source, target, mask in chunk:
+            truths.append(target)
+            sources.append(source)
+            masks.append(mask)
+    return score(preds, truths, sources, masks)
+
+
+def _overrides(text: str) -> list[str]:
+    return shlex.split(text or "")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--template", required=True, help="configs/makeup/NAME.yaml")
+    parser.add_argument("--pretrained", required=True, help="SD-1.5-shaped diffusers folder (or hub id) for the DDA")
+    parser.add_argument("--faces", default=str(REPO.parent / "shared" / "data" / "faces"), help="unseen faces")
+    parser.add_argument("--seed-faces", default=str(REPO / "data" / "samples" / "faces"))
+    parser.add_argument("--amplify", type=int, default=300, help="faces to amplify (default 300)")
+    parser.add_argument("--heldout", type=int, default=100, help="faces to score TinyBeauty on (default 100)")
+    parser.add_argument("--size", type=int, default=256, help="amplified pair size (default 256)")
+    parser.add_argument("--dda", default="", help="extra dda_training.py overrides, one string")
+    parser.add_argument("--amplify-args", default="", help="extra dda_amplify.py overrides, one string")
+    parser.add_argument("--tinybeauty", default="train.epochs=20", help="tinybeauty_training.py overrides")
+    parser.add_argument("--work", default=None, help="work folder (default runs/dal_eval/TEMPLATE)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    import dda_amplify
+    import dda_training
+    import make_seed_pairs
+    import tinybeauty_training
+
+    template = make_seed_pairs.load_template(args.template)
+    work = Path(args.work or REPO / "runs" / "dal_eval" / str(template.name))
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a):
+        start = time.perf_counter()
+        result = fn(*a)
+        timings[name] = round(time.perf_counter() - start, 1)
+        return result
+
+    seeds = work / "seed_pairs"
+    timed(
+        "seed_pairs",
+        make_seed_pairs.main,
+        ["--faces", args.seed_faces, "--template", args.template, "--num", "5", "--size", str(args.size)]
+        + ["--output", str(seeds)],
+    )
+    dda_dir = work / "dda"
+    if not (dda_dir / "dda_final.pt").is_file():
+        dda_args = [f"model.pretrained={args.pretrained}", f"data.root={seeds}", f"output_dir={dda_dir}"]
+        dda_args += ["wandb.mode=disabled"]
+        timed("dda_training", dda_training.main, dda_args + _overrides(args.dda))
+    amplify_faces, heldout_faces = split_faces(Path(args.faces), work, args.amplify, args.heldout, args.seed)
+    amplified = work / "amplified"
+    amp_args = [f"checkpoint={dda_dir / 'dda_final.pt'}", f"input_dir={amplify_faces}", f"output_dir={amplified}"]
+    amp_args += [f"resolution={args.size}", "wandb.mode=disabled"]
+    timed("dda_amplify", dda_amplify.main, amp_args + _overrides(args.amplify_args))
+
+    truth_dir = work / "truth_amplified"
+    names = timed("truth", render_truth, amplified, template, truth_dir)
+    amplified_pairs = load_pair_folder(amplified, names)
+    truth_pairs = load_pair_folder(truth_dir, names)
+    preds = [amplified_pairs[n][1] for n in names]
+    truths = [truth_pairs[n][1] for n in names]
+    sources = [amplified_pairs[n][0] for n in names]
+    masks = [amplified_pairs[n][2] for n in names]
+    results: dict = {"template": str(template.name), "pretrained": args.pretrained}
+    results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
+    results["amplified_vs_truth"] = score(preds, truths, sources, masks)
+
+    heldout_crops = work / "heldout_crops"
+    timed("heldout_crops", prepare_heldout, heldout_faces, heldout_crops, args.size)
+    heldout_truth = work / "heldout_truth"
+    timed("heldout_truth", render_truth, heldout_crops, template, heldout_truth)
+    heldout = load_pair_folder(heldout_truth)
+
+    seeds_repeated = work / "seed_pairs_repeated"
+    replicate_pairs(seeds, seeds_repeated, len(names))
+    arms = {"amplified": amplified, "seeds_only": seeds_repeated, "truth": truth_dir}
+    results["tinybeauty"] = {}
+    for arm, root in arms.items():
+        out = work / f"tinybeauty_{arm}"
+        if not (out / "tinybeauty_final.pt").is_file():
+            tb_args = [f"data.root={root}", f"output_dir={out}", "wandb.mode=disabled", f"data.size={args.size}"]
+            timed(f"tinybeauty_{arm}", tinybeauty_training.main, tb_args + _overrides(args.tinybeauty))
+        results["tinybeauty"][arm] = tinybeauty_on(out / "tinybeauty_final.pt", heldout)
+    tb = results["tinybeauty"]
+    results["gain_amplified_over_seeds_db"] = round(tb["amplified"]["psnr_db"] - tb["seeds_only"]["psnr_db"], 3)
+    results["gap_truth_minus_amplified_db"] = round(tb["truth"]["psnr_db"] - tb["amplified"]["psnr_db"], 3)
+    results["seconds"] = timings
+    results["settings"] = vars(args)
+    text = json.dumps(results)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(results, indent=1))
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""A folder of face photos as one array of aligned crops, cached on disk.
+
+The face prior (`pretrain_prior.py`) must see faces framed exactly as the DDA sees them in stages 2
+and 3: `FaceAligner` (eye line levelled, margin 0.4) at `crop_size`, the size `dda_amplify.py`
+parses at (`face.parse_size`), resized afterwards to the model's resolution. Aligning 4,500 photos
+takes minutes, so the crops are computed once and kept as a `.npy` (uint8, N x S x S x 3) with a
+JSON list of names and of the files that were skipped, with the reason.
+
+Unreadable files and photos without a face are skipped and listed by name; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.io import ImageReadError, list_images, read_rgb
+
+
+@dataclass
+class FaceCrops:
+    crops: np.ndarray  # (N, S, S, 3) uint8, aligned as stage 3 aligns
+    names: list[str]  # "folder/file" for each crop
+    skipped: dict[str, str] = field(default_factory=dict)  # "folder/file" -> reason
+
+
+def _cache_key(folders: list[Path], crop_size: int, margin: float, limit: int | None) -> dict:
+    return {
+        "folders": [str(f.resolve()) for f in folders],
+        "files": [len(list_images(f)) for f in folders],
+        "crop_size": int(crop_size),
+        "margin": float(margin),
+        "limit": limit,
+    }
+
+
+def align_folders(
+    folders: list[str | os.PathLike],
+    cache_stem: str | os.PathLike,
+    crop_size: int = 256,
+    margin: float = 0.4,
+    limit: int | None = None,
+    desc: str = "aligning faces",
+) -> FaceCrops:
+    """Aligned crops of every face photo in `folders` (largest face each), cached at `cache_stem`.npy/.json.
+
+    The cache is reused when it was made from the same folders (and file counts), size, margin and
+    limit; otherwise it is rebuilt. Both files are written through a temporary name, then renamed.
+    """
+    from common import atomic_write, atomic_write_text, log
+    from data.face_align import FaceAligner
+
+    folders = [Path(f) for f in folders]
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"face folder not found: {folder}")
+    stem = Path(cache_stem)
+    meta_path, array_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
+    key = _cache_key(folders, crop_size, margin, limit)
+    if meta_path.is_file() and array_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key:
+            crops = np.load(array_path, mmap_mode="r")
+            return FaceCrops(crops=crops, names=meta["names"], skipped=meta["skipped"])
+    paths = [(folder, path) for folder in folders for path in list_images(folder)]
+    if limit is not None:
+        paths = paths[: int(limit)]
+    crops = np.empty((len(paths), crop_size, crop_size, 3), np.uint8)
+    names: list[str] = []
+    skipped: dict[str, str] = {}
+    with FaceAligner(size=crop_size, margin=margin, max_faces=4) as aligner:
+        for folder, path in tqdm(paths, desc=desc, unit="face", dynamic_ncols=True):
+            name = f"{folder.name}/{path.name}"
+            try:
+                faces = aligner.detect(read_rgb(path))
+            except ImageReadError as err:
+                skipped[name] = f"unreadable: {err}"
+                continue
+            if not faces:
+                skipped[name] = "no face found"
+                continue
+            crops[len(names)] = faces[0].crop
+            names.append(name)
+    crops = crops[: len(names)]
+    for name, reason in skipped.items():
+        log.warning("skipped %s: %s", name, reason)
+    atomic_write(array_path, lambda tmp: np.save(tmp, crops))
+    atomic_write_text(meta_path, json.dumps({"key": key, "names": names, "skipped": skipped}, indent=0))
+    return FaceCrops(crops=crops, names=names, skipped=skipped)

@@ -1,0 +1,559 @@
+"""Stage 0 (offline only): train a small Stable-Diffusion-1.5-shaped face prior on a folder of faces.
+
+    python pretrain_prior.py                                  # configs/prior.yaml -> runs/prior/model/
+    python pretrain_prior.py stop_after=30                    # a 30-minute slice; run it again to go on
+    python pretrain_prior.py vae.steps=20 unet.steps=20 data.eval_count=8 output_dir=/tmp/prior   # smoke run
+    python dda_training.py model.pretrained=runs/prior/model  # then use it exactly like an SD 1.5 folder
+
+Real runs use SD 1.5. This stage exists because SD 1.5 cannot be downloaded on this project's
+machines, and a random model makes noise, not makeup: the demo and the functional tests need a base
+model that knows faces. It writes `model/` in the diffusers layout (`unet/`, `vae/`, `text_encoder/`,
+`tokenizer/`, `scheduler/`, `model_index.json`), which `model.pretrained=FOLDER` loads through the very
+code path of a real SD 1.5 folder.
+
+The parts, trained in this order (each phase resumes where a killed or time-sliced run stopped):
+1. faces: every photo aligned as stage 3 aligns it (data/face_crops.py), cached; unreadable files
+   and photos without a face are skipped and listed in `summary.json`.
+2. vae: an AutoencoderKL with 4 latent channels (L1 + tiny KL, as SD's), on random patches with
+   colour jitter; then its scaling factor is measured on its own latents (1 / std, as SD's 0.18215).
+3. unet: a UNet2DConditionModel with cross-attention, trained as SD is (epsilon prediction on SD
+   1.5's noise schedule), with most samples at the low timesteps img2img at the DDA's strength visits,
+   on precomputed latents (posterior means, as the DDA encodes).
+4. export + figures: the tiny text encoder (frozen, random: the prompt is a fixed code the UNet
+   learns to ignore) and SD 1.5's scheduler config complete the folder; VAE PSNR and img2img
+   reconstruction PSNR at the DDA's strength are measured on unseen faces (`data.eval_dir`).
+
+Writes to `output_dir`: `model/` (fp32), `prior_state.pt` (resumable), `samples_vae_{step}.png`
+(face | reconstruction), `samples_img2img_{step}.png` (face | img2img at the DDA's strength),
+`summary.json`, `config.yaml`, `train.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import (
+    atomic_save_image,
+    atomic_write_text,
+    config_to_dict,
+    count_parameters,
+    format_seconds,
+    log,
+    make_grid,
+    parse_stage_args,
+    prepare_run_dir,
+    psnr,
+    save_checkpoint,
+    seed_everything,
+    to_uint8,
+)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "prior.yaml"
+STATE_NAME = "prior_state.pt"
+MODEL_DIR = "model"
+
+
+class TimeUp(Exception):
+    """`stop_after` minutes are spent: the state is saved, the same command goes on."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data: aligned crops, resized to the model's resolution, as float tensors in [-1, 1]
+# --------------------------------------------------------------------------------------------
+def load_faces(cfg, run_dir: Path) -> dict:
+    from data.face_crops import align_folders
+    from data.io import resize_rgb
+
+    def prepared(folders, stem, limit=None):
+        crops = align_folders(folders, run_dir / stem, int(cfg.data.crop_size), float(cfg.data.margin), limit)
+        size = int(cfg.data.resolution)
+        images = np.stack([resize_rgb(np.asarray(c), size) for c in crops.crops]) if crops.names else None
+        return crops, images
+
+    train, train_images = prepared(list(cfg.data.train_dirs), "faces_train", None)
+    if train_images is None:
+        raise SystemExit(f"error: config key 'data.train_dirs': no face found in {list(cfg.data.train_dirs)}")
+    evaluation, eval_images = prepared([cfg.data.eval_dir], "faces_eval", int(cfg.data.eval_count))
+    if eval_images is None:
+        raise SystemExit(f"error: config key 'data.eval_dir': no face found in {cfg.data.eval_dir}")
+    log.info(
+        "faces: %d train (%d skipped), %d eval (%d skipped), %d px",
+        len(train.names),
+        len(train.skipped),
+        len(evaluation.names),
+        len(evaluation.skipped),
+        cfg.data.resolution,
+    )
+    return {
+        "train": torch.from_numpy(train_images),  # (N, R, R, 3) uint8
+        "eval": torch.from_numpy(eval_images),
+        "skipped": {**train.skipped, **evaluation.skipped},
+        "counts": {"train": len(train.names), "eval": len(evaluation.names)},
+    }
+
+
+def to_model(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    return images_uint8.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def random_batch(images: torch.Tensor, batch_size: int, generator: torch.Generator, hflip: bool) -> torch.Tensor:
+    index = torch.randint(len(images), (batch_size,), generator=generator)
+    batch = to_model(images[index])
+    if hflip:
+        flip = torch.rand(batch_size, generator=generator) < 0.5
+        batch[flip] = batch[flip].flip(-1)
+    return batch
+
+
+def colour_jitter(batch: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Rotate the hue and scale the saturation of a share of the images (YIQ chroma plane)."""
+    if fraction <= 0:
+        return batch
+    b = batch.shape[0]
+    pick = (torch.rand(b, generator=generator) < fraction).view(b, 1, 1)
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.pi
+    saturation = torch.exp((torch.rand(b, generator=generator) * 2 - 1) * math.log(2.0))
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    cos, sin = torch.cos(angle) * saturation, torch.sin(angle) * saturation
+    chroma = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+    mix = torch.eye(3).repeat(b, 1, 1)
+    mix[:, 1:, 1:] = chroma
+    mix = torch.where(pick, mix, torch.eye(3).expand(b, 3, 3))
+    transform = torch.linalg.inv(to_yiq) @ mix @ to_yiq  # (B, 3, 3) in RGB
+    out = torch.einsum("bij,bjhw->bihw", transform, batch)
+    return out.clamp(-1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+def build_vae(cfg):
+    from diffusers import AutoencoderKL
+
+    levels = len(cfg.vae.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(cfg.vae.block_out_channels),
+        layers_per_block=int(cfg.vae.layers_per_block),
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=int(cfg.data.resolution),
+        scaling_factor=1.0,  # measured after training (`measure_scaling_factor`)
+    )
+
+
+def build_unet(cfg):
+    from diffusers import UNet2DConditionModel
+
+    factor = 2 ** (len(cfg.vae.block_out_channels) - 1)
+    return UNet2DConditionModel(
+        sample_size=int(cfg.data.resolution) // factor,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=int(cfg.unet.layers_per_block),
+        block_out_channels=tuple(cfg.unet.block_out_channels),
+        down_block_types=tuple(cfg.unet.down_block_types),
+        up_block_types=tuple(cfg.unet.up_block_types),
+        cross_attention_dim=int(cfg.text_encoder.hidden_size),
+        attention_head_dim=int(cfg.unet.attention_head_dim),
+        norm_num_groups=32,
+    )
+
+
+def build_text(cfg, run_dir: Path):
+    from models.tiny_sd import build_text_encoder
+
+    torch.manual_seed(int(cfg.seed))  # the text encoder is random but fixed by the seed
+    tokenizer, text_encoder = build_text_encoder(run_dir / ".tokenizer_files", int(cfg.text_encoder.hidden_size))
+    return tokenizer, text_encoder.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def embed_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids)[0]
+
+
+def random_prompts(count: int, generator: torch.Generator) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    prompts = []
+    for _ in range(count):
+        words = int(torch.randint(1, 8, (1,), generator=generator))
+        lengths = torch.randint(2, 9, (words,), generator=generator).tolist()
+        prompts.append(
+            " ".join(
+                "".join(letters[i] for i in torch.randint(26, (n,), generator=generator).tolist()) for n in lengths
+            )
+        )
+    return prompts
+
+
+# --------------------------------------------------------------------------------------------
+# State (resumable, time-sliceable)
+# --------------------------------------------------------------------------------------------
+def new_state() -> dict:
+    return {"phase": "vae", "step": 0, "seconds": {"vae": 0.0, "unet": 0.0}, "history": {"vae": [], "unet": []}}
+
+
+def save_state(run_dir: Path, state: dict, parts: dict, generator: torch.Generator) -> None:
+    payload = {
+        "state": state,
+        "vae": parts["vae"].state_dict(),
+        "unet": parts["unet"].state_dict(),
+        "text_encoder": parts["text_encoder"].state_dict(),
+        "optimizer": parts["optimizer"].state_dict() if parts.get("optimizer") is not None else None,
+        "generator": generator.get_state(),
+    }
+    save_checkpoint(payload, run_dir / STATE_NAME)
+
+
+def load_state(run_dir: Path, parts: dict, generator: torch.Generator) -> dict:
+    path = run_dir / STATE_NAME
+    if not path.is_file():
+        return new_state()
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    parts["vae"].load_state_dict(payload["vae"])
+    parts["unet"].load_state_dict(payload["unet"])
+    parts["text_encoder"].load_state_dict(payload["text_encoder"])
+    parts["optimizer_state"] = payload["optimizer"]
+    generator.set_state(payload["generator"])
+    state = payload["state"]
+    log.info("resumed from %s: phase %s, step %d", path, state["phase"], state["step"])
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Training phases
+# --------------------------------------------------------------------------------------------
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def run_phase(name: str, cfg, run_dir: Path, state: dict, parts: dict, generator, step_fn, sample_fn, clock) -> None:
+    """The shared loop of both phases: lr schedule, checkpoints, samples, progress bar, time slices."""
+    phase_cfg = cfg[name]
+    total = int(phase_cfg.steps)
+    optimizer = parts["optimizer"]
+    warmup = int(phase_cfg.get("warmup_steps", 50))
+    history = state["history"][name]
+    with tqdm(total=total, initial=state["step"], desc=name, unit="step", dynamic_ncols=True) as progress:
+        while state["step"] < total:
+            started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(state["step"], total, float(phase_cfg.lr), warmup)
+            loss = step_fn()
+            state["step"] += 1
+            state["seconds"][name] += time.perf_counter() - started
+            history.append(round(float(loss), 6))
+            progress.set_postfix(loss=f"{np.mean(history[-20:]):.4f}")
+            progress.update()
+            done = state["step"] == total
+            if state["step"] % int(cfg.sample_every) == 0 or done:
+                sample_fn(state["step"])
+            if state["step"] % int(cfg.checkpoint_every) == 0 or done:
+                save_state(run_dir, state, parts, generator)
+                log.info(
+                    "%s step %d/%d: loss %.4f (mean of last 100), %s",
+                    name,
+                    state["step"],
+                    total,
+                    float(np.mean(history[-100:])),
+                    format_seconds(state["seconds"][name]),
+                )
+                if clock.expired():
+                    raise TimeUp
+
+
+def train_vae(cfg, run_dir, state, parts, faces, generator, clock) -> None:
+    vae = parts["vae"].train()
+    parts["optimizer"] = torch.optim.AdamW(vae.parameters(), lr=float(cfg.vae.lr), weight_decay=0.0)
+    if parts.get("optimizer_state_loaded") is not None and state["step"] > 0:
+        parts["optimizer"].load_state_dict(parts["optimizer_state_loaded"])
+    warm_steps, warm_size = int(cfg.vae.warm_steps), int(cfg.vae.warm_size)
+
+    def step() -> float:
+        warm = state["step"] < warm_steps
+        batch_size = int(cfg.vae.warm_batch_size if warm else cfg.vae.batch_size)
+        batch = random_batch(faces["train"], batch_size, generator, bool(cfg.data.hflip))
+        if warm:  # whole faces, smaller: GroupNorm sees the statistics of a whole face, as it will at the end
+            batch = F.interpolate(batch, size=(warm_size, warm_size), mode="area")
+        batch = colour_jitter(batch, float(cfg.vae.colour_jitter), generator)
+        posterior = vae.encode(batch).latent_dist
+        # The DDA encodes with the posterior mean, and so do the prior's UNet latents: decode the mean.
+        # (Sampling starts with unit noise on every latent, which drowns the colour for hundreds of steps:
+        # measured 19.5 dB after 500 steps, backgrounds all beige.)
+        latent = posterior.sample(generator=generator) if bool(cfg.vae.sample_posterior) else posterior.mean
+        recon = vae.decode(latent).sample
+        loss = F.l1_loss(recon, batch) + float(cfg.vae.kl_weight) * posterior.kl().mean()
+        parts["optimizer"].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        parts["optimizer"].step()
+        return float(loss)
+
+    def sample(step_index: int) -> None:
+        figures = vae_figures(vae, faces["eval"])
+        state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
+        atomic_save_image(figures["grid"], run_dir / f"samples_vae_{step_index}.png")
+        log.info("vae step %d: %.2f dB on %d unseen faces", step_index, figures["psnr"], len(faces["eval"]))
+        vae.train()
+
+    run_phase("vae", cfg, run_dir, state, parts, generator, step, sample, clock)
+
+
+@torch.no_grad()
+def vae_figures(vae, eval_images: torch.Tensor, rows: int = 6) -> dict:
+    vae.eval()
+    scores, recons = [], []
+    for start in range(0, len(eval_images), 16):
+        batch = to_model(eval_images[start : start + 16])
+        recon = vae.decode(vae.encode(batch).latent_dist.mean).sample.clamp(-1, 1)
+        scores.append(psnr(recon, batch))
+        recons.append(recon)
+    recon = torch.cat(recons)
+    faces = to_model(eval_images[:rows])
+    grid = make_grid([[to_uint8(faces[i]), to_uint8(recon[i])] for i in range(min(rows, len(faces)))], ["face", "VAE"])
+    return {"psnr": round(float(torch.cat(scores).mean()), 3), "grid": grid}
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """Posterior means of every face (and of its mirror image), unscaled: (N or 2N, 4, h, w)."""
+    vae.eval()
+    latents = []
+    for start in tqdm(range(0, len(images), 32), desc="encoding faces", unit="batch", dynamic_ncols=True):
+        batch = to_model(images[start : start + 32])
+        latents.append(vae.encode(batch).latent_dist.mean)
+        if hflip:
+            latents.append(vae.encode(batch.flip(-1)).latent_dist.mean)
+    return torch.cat(latents)
+
+
+def train_unet(cfg, run_dir, state, parts, faces, generator, clock) -> None:
+    from models.tiny_sd import sd15_scheduler
+
+    vae, unet = parts["vae"], parts["unet"].train()
+    if "latents" not in parts:
+        parts["latents"] = encode_all(vae, faces["train"], bool(cfg.data.hflip)) * vae.config.scaling_factor
+    latents = parts["latents"]
+    parts["optimizer"] = torch.optim.AdamW(unet.parameters(), lr=float(cfg.unet.lr), weight_decay=1e-2)
+    if parts.get("optimizer_state_loaded") is not None and state["step"] > 0:
+        parts["optimizer"].load_state_dict(parts["optimizer_state_loaded"])
+    scheduler = sd15_scheduler()
+    alphas = scheduler.alphas_cumprod
+    fixed = embed_prompts(parts["tokenizer"], parts["text_encoder"], list(cfg.unet.prompts))
+    batch_size = int(cfg.unet.batch_size)
+
+    def step() -> float:
+        index = torch.randint(len(latents), (batch_size,), generator=generator)
+        clean = latents[index]
+        focus = torch.rand(batch_size, generator=generator) < float(cfg.unet.focus_fraction)
+        t_focus = torch.randint(0, int(cfg.unet.focus_max_timestep) + 1, (batch_size,), generator=generator)
+        t_all = torch.randint(0, 1000, (batch_size,), generator=generator)
+        timesteps = torch.where(focus, t_focus, t_all)
+        noise = torch.randn(clean.shape, generator=generator)
+        a = alphas[timesteps].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
+        use_random = torch.rand(batch_size, generator=generator) < float(cfg.unet.random_prompt_fraction)
+        text = fixed[torch.randint(len(fixed), (batch_size,), generator=generator)]
+        if bool(use_random.any()):
+            words = random_prompts(int(use_random.sum()), generator)
+            text[use_random] = embed_prompts(parts["tokenizer"], parts["text_encoder"], words)
+        pred = unet(noisy, timesteps, text).sample
+        loss = F.mse_loss(pred, noise)
+        parts["optimizer"].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        parts["optimizer"].step()
+        return float(loss)
+
+    def sample(step_index: int) -> None:
+        figures = img2img_figures(cfg, parts, faces["eval"])
+        state.setdefault("figures", {})["img2img_psnr_db"] = figures["psnr"]
+        atomic_save_image(figures["grid"], run_dir / f"samples_img2img_{step_index}.png")
+        log.info(
+            "unet step %d: img2img at strength %.2f: %.2f dB on %d unseen faces",
+            step_index,
+            cfg.eval.strength,
+            figures["psnr"],
+            len(faces["eval"]),
+        )
+        unet.train()
+
+    run_phase("unet", cfg, run_dir, state, parts, generator, step, sample, clock)
+
+
+@torch.no_grad()
+def img2img_figures(cfg, parts: dict, eval_images: torch.Tensor, rows: int = 6) -> dict:
+    """Image-to-image at the DDA's strength (DDIM, SD 1.5's scheduler config), as stage 3 runs the base model."""
+    from models.dda import make_inference_scheduler, visited_timesteps
+    from models.tiny_sd import sd15_scheduler
+
+    vae, unet = parts["vae"].eval(), parts["unet"].eval()
+    text = embed_prompts(parts["tokenizer"], parts["text_encoder"], ["a photo of a face with sks makeup"])
+    generator = torch.Generator().manual_seed(1234)
+    scores, outputs = [], []
+    for start in range(0, len(eval_images), 16):
+        faces = to_model(eval_images[start : start + 16])
+        scheduler = make_inference_scheduler(sd15_scheduler(), "ddim")
+        timesteps = visited_timesteps(scheduler, float(cfg.eval.strength), int(cfg.eval.num_steps))
+        z = vae.encode(faces).latent_dist.mean * vae.config.scaling_factor
+        noise = torch.randn(z.shape, generator=generator)
+        latents = scheduler.add_noise(z, noise, timesteps[:1].repeat(len(z)))
+        for t in timesteps:
+            pred = unet(latents, t, text.expand(len(z), -1, -1)).sample
+            latents = scheduler.step(pred, t, latents).prev_sample
+        out = vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+        scores.append(psnr(out, faces))
+        outputs.append(out)
+    out = torch.cat(outputs)
+    faces = to_model(eval_images[:rows])
+    grid = make_grid(
+        [[to_uint8(faces[i]), to_uint8(out[i])] for i in range(min(rows, len(faces)))],
+        ["face", f"img2img {cfg.eval.strength}"],
+    )
+    return {"psnr": round(float(torch.cat(scores).mean()), 3), "grid": grid}
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae, images: torch.Tensor, count: int = 512) -> float:
+    """1 / std of the posterior means, as SD measured its 0.18215: unit-variance latents for the UNet."""
+    vae.eval()
+    means = [vae.encode(to_model(images[s : s + 32])).latent_dist.mean for s in range(0, min(count, len(images)), 32)]
+    return float(1.0 / torch.cat(means).std())
+
+
+# --------------------------------------------------------------------------------------------
+# Export and summary
+# --------------------------------------------------------------------------------------------
+def export_model(run_dir: Path, parts: dict) -> Path:
+    """The diffusers folder, written beside the final name and renamed into place."""
+    import shutil
+
+    from models.tiny_sd import save_sd_folder, sd15_scheduler
+
+    final = run_dir / MODEL_DIR
+    tmp = run_dir / f".{MODEL_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_sd_folder(
+        tmp,
+        unet=parts["unet"],
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        scheduler=sd15_scheduler(),
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def write_summary(cfg, run_dir: Path, state: dict, parts: dict, faces: dict, finished: bool) -> dict:
+    summary = {
+        "stage": "pretrain_prior",
+        "finished": finished,
+        "phase": state["phase"],
+        "step": state["step"],
+        "resolution": int(cfg.data.resolution),
+        "faces": faces["counts"],
+        "skipped": faces["skipped"],
+        "params": {
+            "vae": count_parameters(parts["vae"]),
+            "unet": count_parameters(parts["unet"]),
+            "text_encoder": count_parameters(parts["text_encoder"]),
+        },
+        "scaling_factor": float(parts["vae"].config.scaling_factor),
+        "figures": state.get("figures", {}),
+        "seconds": {k: round(v, 1) for k, v in state["seconds"].items()},
+        "loss_last_100": {k: round(float(np.mean(v[-100:])), 5) if v else None for k, v in state["history"].items()},
+        "model": str(run_dir / MODEL_DIR) if finished else None,
+        "config": config_to_dict(cfg),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+class Clock:
+    def __init__(self, minutes: float):
+        self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else math.inf
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
+    if args.resume:
+        raise SystemExit("error: pretrain_prior.py resumes by itself from output_dir/prior_state.pt: drop --resume")
+    run_dir = prepare_run_dir(cfg)
+    seed_everything(int(cfg.seed))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    faces = load_faces(cfg, run_dir)
+    tokenizer, text_encoder = build_text(cfg, run_dir)
+    parts = {"vae": build_vae(cfg), "unet": build_unet(cfg), "text_encoder": text_encoder, "tokenizer": tokenizer}
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    state = load_state(run_dir, parts, generator)
+    parts["optimizer_state_loaded"] = parts.pop("optimizer_state", None)
+    log.info(
+        "VAE %.2fM, UNet %.2fM, text encoder %.2fM parameters",
+        count_parameters(parts["vae"]) / 1e6,
+        count_parameters(parts["unet"]) / 1e6,
+        count_parameters(text_encoder) / 1e6,
+    )
+    clock = Clock(float(cfg.stop_after))
+    try:
+        if state["phase"] == "vae":
+            train_vae(cfg, run_dir, state, parts, faces, generator, clock)
+            factor = measure_scaling_factor(parts["vae"], faces["train"])
+            parts["vae"].register_to_config(scaling_factor=factor)
+            state.update(phase="unet", step=0, scaling_factor=factor)
+            parts["optimizer_state_loaded"] = None
+            log.info("VAE done: scaling factor %.5f (SD 1.5's: 0.18215)", factor)
+            save_state(run_dir, state, {**parts, "optimizer": None}, generator)
+        else:
+            parts["vae"].register_to_config(scaling_factor=float(state["scaling_factor"]))
+        if state["phase"] == "unet":
+            train_unet(cfg, run_dir, state, parts, faces, generator, clock)
+            state["phase"] = "done"
+            save_state(run_dir, state, {**parts, "optimizer": None}, generator)
+    except TimeUp:
+        write_summary(cfg, run_dir, state, parts, faces, finished=False)
+        log.info(
+            "stop_after=%s minutes reached at %s step %d: state saved, run the same command again to go on",
+            cfg.stop_after,
+            state["phase"],
+            state["step"],
+        )
+        return {"finished": False, "phase": state["phase"], "step": state["step"]}
+    folder = export_model(run_dir, parts)
+    summary = write_summary(cfg, run_dir, state, parts, faces, finished=True)
+    log.info(
+        "prior written to %s: VAE %.2f dB, img2img %.2f dB on unseen faces (%s + %s)",
+        folder,
+        summary["figures"].get("vae_psnr_db", float("nan")),
+        summary["figures"].get("img2img_psnr_db", float("nan")),
+        format_seconds(state["seconds"]["vae"]),
+        format_seconds(state["seconds"]["unet"]),
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()
