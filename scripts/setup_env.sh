@@ -16,4 +16,6 @@ fi
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 "$VENV/bin/python" -m pip install -q -r requirements.txt
 "$VENV/bin/python" -m pip check
+# The web page's npm packages and face detector (web/); where npm is missing it says so and goes on.
+VENV="$VENV" bash scripts/setup_web.sh
 echo "environment ready: $VENV"

@@ -1,0 +1,1 @@
+"""web/: the TinyBeauty web page (static files) and its Python helpers, serve.py and page_driver.py."""

@@ -1,0 +1,513 @@
+// TinyBeauty in the browser: find the face, crop it as in training, run the exported ONNX with
+// onnxruntime-web (WASM) and paste the change back into the full frame, for a photo or the webcam.
+//
+// URL parameters: model=URL (an exported TinyBeauty ONNX, default models/tinybeauty_int8.onnx or the
+// first one serve.py lists in models.json), threads=N (WASM threads; more than 1 needs the
+// cross-origin isolation that serve.py sets up), framing=oval (skip the face detector: a fixed
+// centre crop with an oval guide).
+//
+// The pipeline is photo mode's (tinybeauty_inference.py --full-photo, data/face_align.py), in the
+// same pixel conventions, so tests/test_web.py can redo it in Python from what the page exposes on
+// window.tinybeauty:
+// - framing: the detector's box grown by MARGIN on every side, turned so the eye line is level;
+//   the photo -> crop affine is cv2's (pixel indices, getRotationMatrix2D);
+// - the model sees the crop as RGB planes in [-1, 1]; its output is rounded to uint8;
+// - paste-back adds (output - crop) warped back bilinearly under FaceAligner's feathered mask.
+import * as ort from "onnxruntime-web";
+import { FaceDetector, FilesetResolver } from "@mediapipe/tasks-vision";
+
+const params = new URLSearchParams(location.search);
+const DEFAULT_MODEL = "models/tinybeauty_int8.onnx";
+// The short-range BlazeFace from the mediapipe 0.10.21 wheel (scripts/setup_web.sh copies it here).
+// Photo mode tries the full-range model first, but MediaPipe Tasks' face detector decodes only the
+// short-range model's 896 anchors (the full-range one stops it: "2304 vs. 896"); short range is the
+// selfie and portrait case (faces within ~2 m).
+const DETECTOR_MODEL = "models/face_detection_short_range.tflite";
+const MARGIN = 0.4; // data/face_align.py: crop side = 1.8 x the detector box, the seed pairs' framing
+const FEATHER = 0.08; // FaceAligner.paste_back's default
+const MIN_CONFIDENCE = 0.5; // FaceAligner's default
+// The short-range box sits lower and is smaller than the full-range one photo mode frames with: on the
+// 16 sample faces its centre is 0.05 x the full-range side lower (std 0.02) and its side 0.945 x as
+// long (std 0.05). Undone here, so the crop is framed as the training faces were.
+const FULL_RANGE_SIDE = 1 / 0.945;
+const FULL_RANGE_SHIFT_Y = -0.05;
+const MAX_FACES = 4;
+const OVAL_CROP = 0.9; // framing=oval: the crop is the centre square of 0.9 x the frame's short side
+
+const $ = (id) => document.getElementById(id);
+const before = $("before");
+const after = $("after");
+const overlay = $("overlay");
+const video = $("video");
+const context = (canvas) => canvas.getContext("2d", { willReadFrequently: true });
+const cropCanvas = document.createElement("canvas");
+
+// What the page did last, for people (the status and timing lines) and for tests (window.tinybeauty).
+const state = {
+  ready: false,
+  error: null,
+  model: null,
+  size: 256,
+  hasIntensity: false, // `intensity` fed to the model; otherwise the page blends with the same formula
+  threads: 1,
+  framing: params.get("framing") === "oval" ? "oval" : "detector",
+  detectorError: null, // why the page fell back to the oval guide, if it did
+  intensity: 1,
+  source: null, // "upload:NAME" or "webcam"
+  runs: 0,
+  last: null, // {source, intensity, faces: [{box, angle, score, matrix}], inferenceMs, frameMs, ...}
+  webcamMs: [], // the webcam's last 30 frame times, for the running median
+};
+let session = null;
+let detector = null;
+let detectorMode = "IMAGE";
+let webcamStream = null;
+let stillFaces = null; // a still photo's faces, kept while only the intensity changes
+let running = false;
+let rerunWanted = false;
+let frames = Promise.resolve(); // one frame at a time: a photo chosen during a webcam frame waits for it
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading: the model list, the ONNX session, the face detector.
+
+async function listModels() {
+  let listed = [];
+  try {
+    const response = await fetch("models.json"); // written by serve.py; absent under a plain http.server
+    if (response.ok) listed = await response.json();
+  } catch {
+    listed = [];
+  }
+  const wanted = params.get("model") || (listed[0] && listed[0].url) || DEFAULT_MODEL;
+  if (!listed.some((m) => m.url === wanted)) listed.push({ name: wanted.split("/").pop(), url: wanted });
+  const select = $("model");
+  for (const { name, url } of listed) select.add(new Option(name, url, false, url === wanted));
+  select.addEventListener("change", () => {
+    params.set("model", select.value);
+    location.search = params.toString(); // a new session from scratch; the URL says which style
+  });
+  return wanted;
+}
+
+async function loadModel(url) {
+  // Absolute: ORT resolves a relative wasmPaths against its own script, not the page.
+  ort.env.wasm.wasmPaths = new URL("node_modules/onnxruntime-web/dist/", document.baseURI).href;
+  // Threads need SharedArrayBuffer, which browsers give only to cross-origin isolated pages.
+  const cores = Math.min(4, navigator.hardwareConcurrency || 1);
+  state.threads = Number(params.get("threads")) || (self.crossOriginIsolated ? cores : 1);
+  ort.env.wasm.numThreads = state.threads;
+  session = await ort.InferenceSession.create(url, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  const shape = session.inputMetadata?.find((m) => m.name === "source")?.shape;
+  if (shape && Number.isInteger(shape[2])) state.size = shape[2];
+  cropCanvas.width = cropCanvas.height = state.size;
+  // tinybeauty_export.py's `intensity` is an input with a default (it is also an initializer), and
+  // onnxruntime-web accepts feeds only for the inputs it lists, which leave such inputs out ("invalid
+  // input 'intensity'", 1.30). So the page blends in JavaScript, with the graph's formula; a model
+  // whose `intensity` is a plain input gets it fed instead.
+  state.hasIntensity = session.inputNames.includes("intensity");
+  const zeros = new Float32Array(3 * state.size * state.size);
+  await session.run({ source: new ort.Tensor("float32", zeros, [1, 3, state.size, state.size]) }); // warm-up
+  state.model = url;
+}
+
+async function loadDetector() {
+  if (state.framing === "oval") return;
+  try {
+    const wasm = new URL("node_modules/@mediapipe/tasks-vision/wasm", document.baseURI).href;
+    const vision = await FilesetResolver.forVisionTasks(wasm);
+    detector = await FaceDetector.createFromOptions(vision, {
+      baseOptions: { modelAssetPath: DETECTOR_MODEL, delegate: "CPU" },
+      runningMode: "IMAGE",
+      minDetectionConfidence: MIN_CONFIDENCE,
+    });
+  } catch (err) {
+    console.warn("face detector unavailable, using the oval guide:", err);
+    state.framing = "oval";
+    state.detectorError = String(err);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing: the photo -> crop affine of FaceAligner.crop_matrix.
+
+function cropMatrix(cx, cy, side, angleDeg) {
+  // cv2.getRotationMatrix2D((cx, cy), angle, scale), then the centre moved to the crop's centre.
+  const scale = state.size / side;
+  const a = (angleDeg * Math.PI) / 180;
+  const alpha = scale * Math.cos(a);
+  const beta = scale * Math.sin(a);
+  const half = state.size / 2;
+  return [
+    alpha, beta, (1 - alpha) * cx - beta * cy + half - cx,
+    -beta, alpha, beta * cx + (1 - alpha) * cy + half - cy,
+  ];
+}
+
+function invert([a, b, c, d, e, f]) {
+  const det = a * e - b * d;
+  return [e / det, -b / det, (b * f - c * e) / det, -d / det, a / det, (c * d - a * f) / det];
+}
+
+function findFaces(timestamp) {
+  const width = before.width;
+  const height = before.height;
+  if (state.framing === "oval") {
+    const side = OVAL_CROP * Math.min(width, height);
+    const box = side / (1 + 2 * MARGIN);
+    return [{ box: [(width - box) / 2, (height - box) / 2, (width + box) / 2, (height + box) / 2], angle: 0,
+      score: 0, matrix: cropMatrix(width / 2, height / 2, side, 0) }];
+  }
+  const mode = timestamp === undefined ? "IMAGE" : "VIDEO";
+  if (mode !== detectorMode) {
+    detector.setOptions({ runningMode: mode });
+    detectorMode = mode;
+  }
+  const result = mode === "VIDEO" ? detector.detectForVideo(before, timestamp) : detector.detect(before);
+  const faces = [];
+  for (const detection of result.detections) {
+    const { originX, originY, width: w, height: h } = detection.boundingBox;
+    const [right, left] = detection.keypoints; // the subject's right eye, then left eye (normalised)
+    // The eye line from the detector's keypoints (photo mode refines it with FaceMesh).
+    const angle = (Math.atan2((left.y - right.y) * height, (left.x - right.x) * width) * 180) / Math.PI;
+    const boxSide = Math.max(w, h) * FULL_RANGE_SIDE; // the full-range box, as photo mode's
+    const cx = originX + w / 2;
+    const cy = originY + h / 2 + FULL_RANGE_SHIFT_Y * boxSide;
+    const half = boxSide / 2;
+    faces.push({ box: [cx - half, cy - half, cx + half, cy + half], angle, score: detection.categories[0]?.score ?? 0,
+      matrix: cropMatrix(cx, cy, boxSide * (1 + 2 * MARGIN), angle) });
+  }
+  faces.sort((p, q) => (q.box[2] - q.box[0]) * (q.box[3] - q.box[1]) - (p.box[2] - p.box[0]) * (p.box[3] - p.box[1]));
+  return faces.slice(0, MAX_FACES);
+}
+
+function cropFace(matrix) {
+  // Canvas transforms map continuous coordinates (a pixel's centre is at +0.5), cv2's map pixel
+  // indices: the same affine, shifted by half a pixel on both sides.
+  const [a, b, c, d, e, f] = matrix;
+  const ctx = context(cropCanvas);
+  const width = before.width;
+  const height = before.height;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#000"; // opaque: the crop's pixels read back as drawn (no premultiplied alpha)
+  ctx.fillRect(0, 0, state.size, state.size);
+  ctx.imageSmoothingQuality = "high"; // smooth when shrinking a large face (photo mode asks cv2 for INTER_AREA)
+  // Where the crop reaches past the frame, mirrored copies of the frame fill it, as photo mode's
+  // BORDER_REFLECT_101 does (here the edge pixel is repeated once): no black band cuts a face near the edge.
+  const inverse = invert(matrix);
+  const xs = [0, state.size].flatMap((u) => [0, state.size].map((v) => inverse[0] * u + inverse[1] * v + inverse[2]));
+  const ys = [0, state.size].flatMap((u) => [0, state.size].map((v) => inverse[3] * u + inverse[4] * v + inverse[5]));
+  for (const i of [-1, 0, 1]) {
+    for (const j of [-1, 0, 1]) {
+      const outside = (i < 0 && Math.min(...xs) >= 0) || (i > 0 && Math.max(...xs) <= width)
+        || (j < 0 && Math.min(...ys) >= 0) || (j > 0 && Math.max(...ys) <= height);
+      if (outside) continue;
+      ctx.setTransform(a, d, b, e, c + 0.5 - 0.5 * (a + b), f + 0.5 - 0.5 * (d + e));
+      ctx.transform(i === 0 ? 1 : -1, 0, 0, j === 0 ? 1 : -1, i > 0 ? 2 * width : 0, j > 0 ? 2 * height : 0);
+      ctx.drawImage(before, 0, 0);
+    }
+  }
+  return ctx.getImageData(0, 0, state.size, state.size);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model and the paste-back.
+
+async function runModel(crop, intensity) {
+  const n = state.size * state.size;
+  const source = new Float32Array(3 * n); // (1, 3, S, S) RGB planes in [-1, 1], as common.from_uint8
+  const pixels = crop.data;
+  for (let i = 0, j = 0; i < n; i++, j += 4) {
+    source[i] = pixels[j] / 127.5 - 1;
+    source[n + i] = pixels[j + 1] / 127.5 - 1;
+    source[2 * n + i] = pixels[j + 2] / 127.5 - 1;
+  }
+  const feeds = { source: new ort.Tensor("float32", source, [1, 3, state.size, state.size]) };
+  if (state.hasIntensity) feeds.intensity = new ort.Tensor("float32", new Float32Array([intensity]), []);
+  const start = performance.now();
+  const output = (await session.run(feeds))[session.outputNames[0]].data;
+  const inferenceMs = performance.now() - start;
+  // Otherwise the graph's blend here: clamp(source + k x (output - source)); k = 0 gives the source
+  // back exactly, k = 1 the output (the float32 difference is exact in float64).
+  const k = state.hasIntensity ? 1 : intensity;
+  const made = new ImageData(state.size, state.size);
+  for (let i = 0, j = 0; i < n; i++, j += 4) {
+    for (let ch = 0; ch < 3; ch++) {
+      const s = source[ch * n + i];
+      const value = Math.min(1, Math.max(-1, s + k * (output[ch * n + i] - s)));
+      made.data[j + ch] = Math.round((value + 1) * 127.5); // common.to_uint8
+    }
+    made.data[j + 3] = 255;
+  }
+  return { made, inferenceMs };
+}
+
+let featherCache = null;
+function featherMask(size) {
+  // data/face_align.feather_mask: 1 inside, a cosine ramp to 0 over the outer FEATHER x size pixels.
+  if (featherCache && featherCache.size === size) return featherCache.mask;
+  const ramp = new Float32Array(size);
+  for (let i = 0; i < size; i++) {
+    const r = Math.min(1, Math.max(0, (Math.min(i, size - 1 - i) + 0.5) / Math.max(FEATHER * size, 1e-6)));
+    ramp[i] = 0.5 - 0.5 * Math.cos(Math.PI * r);
+  }
+  const mask = new Float32Array(size * size);
+  for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) mask[y * size + x] = Math.min(ramp[y], ramp[x]);
+  featherCache = { size, mask };
+  return mask;
+}
+
+function pasteBack(ctx, crop, made, matrix) {
+  // FaceAligner.paste_back(mode="residual"): the change the model made, warped back into the frame
+  // (bilinear, zero outside the crop, as cv2.warpAffine) and added under the warped feather mask,
+  // so pixels the model left alone come back exactly.
+  const size = state.size;
+  const inverse = invert(matrix);
+  const corners = [[0, 0], [size, 0], [0, size], [size, size]].map(([u, v]) => [
+    inverse[0] * u + inverse[1] * v + inverse[2], inverse[3] * u + inverse[4] * v + inverse[5]]);
+  const x0 = Math.max(Math.floor(Math.min(...corners.map((p) => p[0]))), 0);
+  const y0 = Math.max(Math.floor(Math.min(...corners.map((p) => p[1]))), 0);
+  const x1 = Math.min(Math.ceil(Math.max(...corners.map((p) => p[0]))) + 1, before.width);
+  const y1 = Math.min(Math.ceil(Math.max(...corners.map((p) => p[1]))) + 1, before.height);
+  if (x1 <= x0 || y1 <= y0) return;
+  const change = new Float32Array(3 * size * size); // (S, S, 3) interleaved, in grey levels
+  for (let i = 0, j = 0; i < size * size; i++, j += 4) {
+    for (let ch = 0; ch < 3; ch++) change[3 * i + ch] = made.data[j + ch] - crop.data[j + ch];
+  }
+  const mask = featherMask(size);
+  const roi = ctx.getImageData(x0, y0, x1 - x0, y1 - y0);
+  const [a, b, c, d, e, f] = matrix;
+  const sum = [0, 0, 0];
+  for (let y = y0; y < y1; y++) {
+    for (let x = x0; x < x1; x++) {
+      const u = a * x + b * y + c; // where this frame pixel falls in the crop
+      const v = d * x + e * y + f;
+      if (u <= -1 || v <= -1 || u >= size || v >= size) continue;
+      const ui = Math.floor(u);
+      const vi = Math.floor(v);
+      const fu = u - ui;
+      const fv = v - vi;
+      let alpha = 0;
+      sum[0] = sum[1] = sum[2] = 0;
+      const taps = [[0, 0, (1 - fu) * (1 - fv)], [1, 0, fu * (1 - fv)], [0, 1, (1 - fu) * fv], [1, 1, fu * fv]];
+      for (const [du, dv, w] of taps) {
+        const px = ui + du;
+        const py = vi + dv;
+        if (px < 0 || py < 0 || px >= size || py >= size || w === 0) continue;
+        const k = py * size + px;
+        alpha += w * mask[k];
+        sum[0] += w * change[3 * k];
+        sum[1] += w * change[3 * k + 1];
+        sum[2] += w * change[3 * k + 2];
+      }
+      if (alpha === 0) continue;
+      const o = 4 * ((y - y0) * (x1 - x0) + (x - x0));
+      for (let ch = 0; ch < 3; ch++) roi.data[o + ch] = Math.round(roi.data[o + ch] + sum[ch] * alpha);
+    }
+  }
+  ctx.putImageData(roi, x0, y0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One frame: detect, crop, run, paste back, show.
+
+function processFrame(timestamp) {
+  frames = frames.catch(() => {}).then(() => runFrame(timestamp));
+  return frames;
+}
+
+async function runFrame(timestamp) {
+  const start = performance.now();
+  const { source, intensity } = state; // what this frame is of, whatever changes while it runs
+  const still = timestamp === undefined;
+  const faces = still && stillFaces ? stillFaces : findFaces(timestamp);
+  if (still) stillFaces = faces;
+  const detectMs = performance.now() - start;
+  const ctx = context(after);
+  ctx.drawImage(before, 0, 0);
+  let inferenceMs = 0;
+  for (const [index, face] of faces.entries()) {
+    const crop = cropFace(face.matrix);
+    const { made, inferenceMs: ms } = await runModel(crop, intensity);
+    inferenceMs += ms;
+    pasteBack(ctx, crop, made, face.matrix);
+    if (index === 0) {
+      context($("crop-before")).putImageData(crop, 0, 0);
+      context($("crop-after")).putImageData(made, 0, 0);
+    }
+  }
+  drawOverlay(faces);
+  const frameMs = performance.now() - start;
+  state.runs += 1;
+  state.last = { run: state.runs, source, intensity, faces, detectMs, inferenceMs, frameMs, width: before.width,
+    height: before.height };
+  showTiming(state.last);
+}
+
+function drawOverlay(faces) {
+  overlay.width = before.width;
+  overlay.height = before.height;
+  const ctx = overlay.getContext("2d");
+  ctx.lineWidth = Math.max(2, before.width / 300);
+  for (const face of faces) {
+    const [x0, y0, x1, y1] = face.box;
+    ctx.strokeStyle = state.framing === "oval" ? "#fffc" : "#6cf8";
+    ctx.beginPath();
+    if (state.framing === "oval") {
+      // The guide: put the face in the oval (the detector box a face of this size would get).
+      ctx.ellipse((x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, ((y1 - y0) / 2) * 1.25, 0, 0, 2 * Math.PI);
+    } else {
+      ctx.rect(x0, y0, x1 - x0, y1 - y0);
+    }
+    ctx.stroke();
+  }
+}
+
+function showTiming({ source, intensity, faces, inferenceMs, frameMs }) {
+  const where = `WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`;
+  let text = `model ${inferenceMs.toFixed(1)} ms · frame ${frameMs.toFixed(1)} ms · ${where}`;
+  if (source === "webcam") {
+    const recent = state.webcamMs;
+    recent.push(frameMs);
+    if (recent.length > 30) recent.shift();
+    const median = [...recent].sort((p, q) => p - q)[Math.floor(recent.length / 2)];
+    text += ` · median of the last ${recent.length} frames ${median.toFixed(1)} ms`;
+  }
+  $("timing").textContent = text;
+  const n = faces.length;
+  const found = state.framing === "oval" ? "oval guide (fixed crop)" : `${n} face${n === 1 ? "" : "s"} found`;
+  const model = state.model.split("/").pop();
+  setStatus(`${source.replace("upload:", "")}: ${found} · ${model} · intensity ${intensity.toFixed(2)}`);
+}
+
+async function rerun() {
+  // Still photos: one frame at a time; a slider move during a run asks for one more run after it.
+  if (running) {
+    rerunWanted = true;
+    return;
+  }
+  running = true;
+  try {
+    do {
+      rerunWanted = false;
+      await processFrame();
+    } while (rerunWanted);
+  } catch (err) {
+    fail(err);
+  } finally {
+    running = false;
+  }
+}
+
+function showFrame(width, height) {
+  for (const canvas of [before, after]) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  $("viewer").style.setProperty("--aspect", width / height);
+  $("viewer").hidden = false;
+}
+
+async function openPhoto(file) {
+  stopWebcam();
+  const bitmap = await createImageBitmap(file); // EXIF orientation applied
+  showFrame(bitmap.width, bitmap.height);
+  context(before).drawImage(bitmap, 0, 0);
+  bitmap.close();
+  state.source = `upload:${file.name}`;
+  stillFaces = null;
+  await rerun();
+}
+
+async function startWebcam() {
+  if (webcamStream) return stopWebcam();
+  // Browsers give the camera only to secure pages: https, or http://localhost on this device.
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new Error("no camera access here: open the page over https or on localhost");
+  }
+  webcamStream = await navigator.mediaDevices.getUserMedia({
+    video: { facingMode: "user", width: { ideal: 1280 }, height: { ideal: 720 } }, audio: false });
+  video.srcObject = webcamStream;
+  await video.play();
+  showFrame(video.videoWidth, video.videoHeight);
+  state.source = "webcam";
+  state.webcamMs = [];
+  $("webcam").textContent = "Stop webcam";
+  const stream = webcamStream;
+  while (webcamStream === stream) {
+    if (video.videoWidth && (video.videoWidth !== before.width || video.videoHeight !== before.height)) {
+      showFrame(video.videoWidth, video.videoHeight); // a phone turned sideways
+    }
+    context(before).drawImage(video, 0, 0, before.width, before.height);
+    await processFrame(performance.now());
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+  }
+}
+
+function stopWebcam() {
+  if (!webcamStream) return;
+  for (const track of webcamStream.getTracks()) track.stop();
+  webcamStream = null;
+  $("webcam").textContent = "Webcam";
+}
+
+async function benchmark(frames = 30) {
+  // Times `frames` frames of the photo on screen as the webcam would run them (detection each time).
+  const times = { detectMs: [], inferenceMs: [], frameMs: [] };
+  for (let i = 0; i < frames; i++) {
+    await processFrame(performance.now());
+    for (const key of Object.keys(times)) times[key].push(state.last[key]);
+  }
+  const median = (xs) => [...xs].sort((p, q) => p - q)[Math.floor(xs.length / 2)];
+  return Object.fromEntries(Object.entries(times).map(([key, xs]) => [key, median(xs)]));
+}
+
+function fail(err) {
+  console.error(err);
+  state.error = String(err?.message || err);
+  setStatus(state.error, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function wireControls() {
+  $("upload").addEventListener("change", (event) => {
+    if (event.target.files[0]) openPhoto(event.target.files[0]).catch(fail);
+  });
+  $("webcam").addEventListener("click", () => startWebcam().catch((err) => {
+    stopWebcam();
+    fail(err);
+  }));
+  $("intensity").addEventListener("input", (event) => {
+    state.intensity = Number(event.target.value);
+    $("intensity-value").textContent = state.intensity.toFixed(2);
+    if (state.source && state.source !== "webcam") rerun();
+  });
+  const setSplit = (percent) => {
+    $("stage").style.setProperty("--split", `${percent}%`);
+    $("split").value = percent;
+  };
+  $("split").addEventListener("input", (event) => setSplit(event.target.value));
+  $("stage").addEventListener("pointermove", (event) => {
+    if (event.buttons !== 1) return;
+    const rect = $("stage").getBoundingClientRect();
+    setSplit(Math.min(100, Math.max(0, (100 * (event.clientX - rect.left)) / rect.width)));
+  });
+}
+
+async function main() {
+  wireControls();
+  const model = await listModels();
+  setStatus(`loading ${model}…`);
+  await Promise.all([loadModel(model), loadDetector()]);
+  state.ready = true;
+  const framing = state.framing === "oval" ? "oval guide (no face detector)" : "face detector";
+  const name = model.split("/").pop();
+  setStatus(`ready: ${name} (${state.size}x${state.size}), ${framing}. Choose a photo or the webcam.`);
+}
+
+window.tinybeauty = { state, benchmark, ready: main().catch((err) => fail(`could not load: ${err?.message || err}`)) };

@@ -1,0 +1,160 @@
+"""Drive the web page (web/) in headless Chromium with Playwright: tests/test_web.py and bench/web_bench.py.
+
+The browser is the system's Chromium (Debian's `chromium`: /usr/bin/chromium, or $CHROMIUM), started
+by Playwright with `executable_path`; Playwright's own browser builds are never downloaded. The page
+is served by web/serve.py on a free port of 127.0.0.1 and read back through `window.tinybeauty`.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+WEB = Path(__file__).resolve().parent
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+NEEDED = {
+    CHROMIUM: "Chromium (apt-get install chromium)",
+    WEB / "node_modules/onnxruntime-web/dist": "web/'s npm packages (bash scripts/setup_web.sh)",
+    WEB / "node_modules/@mediapipe/tasks-vision/wasm": "web/'s npm packages (bash scripts/setup_web.sh)",
+    WEB / "models/face_detection_short_range.tflite": "the face detector (bash scripts/setup_web.sh)",
+}
+TIMEOUT_MS = 90_000  # WASM compile and model load on two busy cores
+
+
+def missing() -> str | None:
+    """What the browser run lacks here, in words, or None when it can run."""
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install -r requirements.txt)"
+    for path, what in NEEDED.items():
+        if not Path(path).exists():
+            return f"{what} not found: {path}"
+    return None
+
+
+@contextmanager
+def serve(models: list[Path], log: Path) -> Iterator[str]:
+    """web/serve.py on a free loopback port with `models` offered; yields the page's URL."""
+    with open(log, "w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, str(WEB / "serve.py"), "--port", "0", "--quiet", *(f"--model={m}" for m in models)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+        try:
+            line = server.stdout.readline()  # "serving http://localhost:PORT/ (Ctrl-C to stop)"
+            if not line.startswith("serving "):
+                raise RuntimeError(f"web/serve.py did not start: {log.read_text()}")
+            yield line.split()[1]
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+@contextmanager
+def chromium(fake_webcam: Path | None = None):
+    """Headless Chromium; `fake_webcam` (a .y4m video) stands in for the camera, permission granted."""
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses to run as root with its sandbox
+    if fake_webcam is not None:
+        args += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-video-capture={fake_webcam}"]  # fmt: skip
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser, url: str, query: str = "", viewport: tuple[int, int] = (1000, 820)):
+    """A new tab on the page, once its model and face detector have loaded."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url + query)
+    page.wait_for_function("() => window.tinybeauty && (tinybeauty.state.ready || tinybeauty.state.error)")
+    check(page)
+    return page
+
+
+def check(page) -> dict:
+    """The page's state; raises with the page's own message when it reports an error."""
+    state = page.evaluate("() => tinybeauty.state")
+    if state["error"]:
+        raise RuntimeError(f"the page says: {state['error']}")
+    return state
+
+
+def upload(page, photo: Path) -> dict:
+    """Choose `photo` in the page's file input and wait for its frame; returns state.last."""
+    page.set_input_files("#upload", str(photo))
+    return wait_for_frame(page, f"upload:{photo.name}", None)
+
+
+def set_intensity(page, value: float) -> dict:
+    """Move the intensity slider as a person would (an input event) and wait for the new frame."""
+    page.fill("#intensity", str(value))
+    return wait_for_frame(page, None, value)
+
+
+def wait_for_frame(page, source: str | None, intensity: float | None) -> dict:
+    page.wait_for_function(
+        """([source, intensity]) => tinybeauty.state.error || (tinybeauty.state.last
+            && (source === null || tinybeauty.state.last.source === source)
+            && (intensity === null || tinybeauty.state.last.intensity === intensity))""",
+        arg=[source, intensity],
+    )
+    return check(page)["last"]
+
+
+def read_canvas(page, canvas_id: str) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a canvas, through a lossless PNG."""
+    url = page.evaluate("id => document.getElementById(id).toDataURL('image/png')", canvas_id)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+def stand_in_model(folder: Path, seed: int = 0) -> Path:
+    """An untrained TinyBeauty exported as tinybeauty_export.py does (fp32, then static int8 calibrated
+    on the sample faces), with a random non-zero output head so its change is visible; returns the int8 path."""
+    import torch
+
+    from common import from_uint8
+    from data.io import read_rgb, resize_rgb
+    from models.tinybeauty import TinyBeauty
+    from tinybeauty_export import export_onnx, quantize_int8
+
+    torch.manual_seed(seed)
+    model = TinyBeauty().eval()  # the default config's architecture; its head starts at zero
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.05)
+        model.head.bias.copy_(torch.tensor([0.12, -0.06, 0.04]))  # a warm tint, to see where it pasted
+    faces = sorted((WEB.parent / "data/samples/faces").glob("*.jpg"))[:8]
+    calibration = torch.stack([from_uint8(np.asarray(resize_rgb(read_rgb(p), 256))) for p in faces]).numpy()
+    fp32 = export_onnx(model, folder / "tinybeauty_fp32.onnx", 256)
+    return quantize_int8(fp32, folder / "tinybeauty_int8.onnx", calibration)
+
+
+def fake_webcam_video(photo: Path, path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> Path:
+    """A .y4m clip of `photo` centred on a grey frame: Chromium's fake camera loops it."""
+    width, height = size
+    frame = Image.new("RGB", size, (128, 128, 128))
+    face = Image.open(photo).convert("RGB")
+    face.thumbnail((height, height))
+    frame.paste(face, ((width - face.width) // 2, (height - face.height) // 2))
+    ycbcr = np.asarray(frame.convert("YCbCr"))  # JPEG's full-range BT.601, the C420jpeg of the header
+    y = ycbcr[..., 0]
+    cb, cr = (np.asarray(Image.fromarray(ycbcr[..., i]).resize((width // 2, height // 2))) for i in (1, 2))
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            out.write(b"FRAME\n" + y.tobytes() + cb.tobytes() + cr.tobytes())
+    return path
