@@ -50,6 +50,10 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def _weights(weights: dict | None) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in (weights or {}).items()) or "-"
 
@@ -59,6 +63,7 @@ def collect(out: Path) -> dict:
     seed = _read_json(out / "seed_pairs" / "summary.json")
     dda = _read_json(out / "dda_model" / "summary.json")
     amp = _read_json(out / "amplified" / "summary.json")
+    truth = _read_json(out / "amplified_truth" / "summary.json")
     tb = _read_json(out / "tinybeauty_model" / "summary.json")
     export = _read_json(out / "export" / "export_report.json")
     timings = _read_json(out / "timings.json")
@@ -95,6 +100,7 @@ def collect(out: Path) -> dict:
             "seconds": amp.get("seconds"),
             "image": amp.get("contact_sheet"),
         },
+        "truth": {k: truth.get(k) for k in ("template", "faces", "r2", "r2_lips", "r2_eyes", "lip_change_ratio")},
         "tinybeauty": {
             "pairs_train": tb.get("pairs_train"),
             "pairs_val": tb.get("pairs_val"),
@@ -136,9 +142,9 @@ def write_markdown(out: Path, figures: dict) -> Path:
     lines = [
         "# Demo run: Data Amplify Learning end to end",
         "",
-        "The tiny SD model is untrained: this run proves the machinery (every stage's inputs, outputs,",
-        "checkpoints and reports), not the makeup quality. Every figure below is read from the stage's own",
-        "files in this folder. Overview: `summary.png`.",
+        f"Base model of the DDA: `{_rel(d['pretrained'], out)}`. Stage 3 is measured against the truth: the",
+        "template rendered on the very crops the amplifier wrote (`amplified_truth/`). Every figure below is",
+        "read from the stage's own files in this folder. Overview: `summary.png`.",
         "",
         "| stage | in | out | figures | seconds | look at |",
         "|---|---|---|---|---|---|",
@@ -152,6 +158,10 @@ def write_markdown(out: Path, figures: dict) -> Path:
         f"| 3. amplification | {_fmt(a['inputs'])} unseen faces | {_fmt(a['pairs'])} pairs in `amplified/`, "
         f"{_fmt(a['skipped'])} skipped | {_fmt(a['seconds_per_image'])} s per image | {_fmt(timings.get('amplify'), 1)} "
         f"| `{_rel(a['image'], out)}` |",
+        f"| 3. measured | amplified targets vs the template's truth on the same crops | `amplified_truth/` | "
+        f"makeup R^2 {_fmt(figures['truth']['r2'])} (lips {_fmt(figures['truth']['r2_lips'])}, eyes "
+        f"{_fmt(figures['truth']['r2_eyes'])}), lips changed {_pct(figures['truth']['lip_change_ratio'])} of the truth's "
+        f"change, {_fmt(figures['truth']['faces'])} faces | {_fmt(timings.get('truth'), 1)} | `amplified_truth/summary.json` |",
         f"| 4. TinyBeauty | {_fmt(t['pairs_train'])} train / {_fmt(t['pairs_val'])} val amplified pairs "
         f"| `tinybeauty_model/tinybeauty_best_psnr.pt` | {_fmt(t['params'])} parameters, {_fmt(t['gmacs'], 3)} GMACs, "
         f"val PSNR {_fmt(t['best_val_psnr'])} dB (identity {_fmt(t['identity_psnr'])} dB), {_fmt(t['epochs'])} epochs "

@@ -443,14 +443,17 @@ def measure_scaling_factor(vae, images: torch.Tensor, count: int = 512) -> float
 # --------------------------------------------------------------------------------------------
 # Export and summary
 # --------------------------------------------------------------------------------------------
-def export_model(run_dir: Path, parts: dict) -> Path:
-    """The diffusers folder, written beside the final name and renamed into place."""
+def export_model(final: Path, parts: dict, dtype: torch.dtype = torch.float32) -> Path:
+    """The diffusers folder (weights in `dtype`), written beside its final name and renamed into place."""
+    import copy
     import shutil
 
     from models.tiny_sd import save_sd_folder, sd15_scheduler
 
-    final = run_dir / MODEL_DIR
-    tmp = run_dir / f".{MODEL_DIR}.tmp"
+    if dtype != torch.float32:
+        parts = {k: copy.deepcopy(v).to(dtype) if isinstance(v, torch.nn.Module) else v for k, v in parts.items()}
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_sd_folder(
         tmp,
@@ -488,6 +491,54 @@ def write_summary(cfg, run_dir: Path, state: dict, parts: dict, faces: dict, fin
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def write_model_card(folder: Path, summary: dict, argv) -> Path:
+    """README.md of the shipped prior: data and licence, the command, time and machine, measured figures."""
+    import platform
+    import sys
+
+    figures, seconds, params = summary["figures"], summary["seconds"], summary["params"]
+    size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    command = "python pretrain_prior.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cfg = summary["config"]
+    text = f"""# Face prior: a small SD-1.5-shaped diffusion model of faces
+
+The embedded default base model of the demo and of the tests that need a working diffusion model
+(`python run_demo.py`, `model.pretrained=weights/face_prior`). Real runs use Stable Diffusion 1.5,
+which cannot be downloaded on this project's machines. Same layout and code path as an SD 1.5 folder
+(`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, `model_index.json`); fp16 safetensors,
+{size_mb:.1f} MB in all.
+
+| part | what |
+|---|---|
+| VAE | AutoencoderKL, {params["vae"] / 1e6:.2f}M parameters, 4 latent channels, downsampling 4 ({summary["resolution"]} px -> {summary["resolution"] // 4}x{summary["resolution"] // 4}), scaling factor {summary["scaling_factor"]:.5f} measured on its own latents (1 / std) |
+| UNet | UNet2DConditionModel, {params["unet"] / 1e6:.2f}M parameters, cross-attention at the two coarser levels, epsilon prediction on SD 1.5's noise schedule, {cfg["unet"]["focus_fraction"]:.0%} of samples at t <= {cfg["unet"]["focus_max_timestep"]} (img2img at strength 0.3 visits 201, 101, 1) |
+| text encoder | tiny CLIP ({params["text_encoder"] / 1e3:.0f}K parameters), random and frozen: the prompt is a fixed code; the UNet was trained on varied prompts so it ignores them |
+| scheduler | SD 1.5's own config (PNDM, scaled_linear 0.00085-0.012, `set_alpha_to_one: false`, `steps_offset: 1`) |
+
+## Data and licence
+Trained on {summary["faces"]["train"]} faces of `faces_more/` (SCUT-FBP5500 and CelebAMask-HQ images,
+aligned by the project's face aligner as stage 3 aligns; {len(summary["skipped"])} file(s) skipped:
+{", ".join(sorted(summary["skipped"])) or "none"}). Both datasets are released for **non-commercial research
+use only**, and so are these weights. Figures measured on {summary["faces"]["eval"]} faces of `faces/`
+(SCUT-FBP5500), which the prior never saw.
+
+## Measured (unseen faces, {summary["resolution"]} px)
+| figure | value |
+|---|---|
+| VAE reconstruction PSNR | {figures.get("vae_psnr_db", float("nan")):.2f} dB |
+| img2img reconstruction PSNR at strength {cfg["eval"]["strength"]} ({cfg["eval"]["num_steps"]} DDIM steps, the DDA's setting) | {figures.get("img2img_psnr_db", float("nan")):.2f} dB |
+
+## How it was made
+```
+{command}
+```
+Training time: VAE {format_seconds(seconds["vae"])}, UNet {format_seconds(seconds["unet"])} ({summary["step"]} UNet steps),
+on {platform.machine()} CPU, {torch.get_num_threads()} threads (the project's 2-core machine, no GPU). The resolved
+config is `config.yaml` of the run folder; `configs/prior.yaml` explains each choice.
+"""
+    return atomic_write_text(folder / "README.md", text)
 
 
 class Clock:
@@ -542,8 +593,12 @@ def main(argv: list[str] | None = None) -> dict:
             state["step"],
         )
         return {"finished": False, "phase": state["phase"], "step": state["step"]}
-    folder = export_model(run_dir, parts)
+    folder = export_model(run_dir / MODEL_DIR, parts)
     summary = write_summary(cfg, run_dir, state, parts, faces, finished=True)
+    if cfg.ship_dir:
+        shipped = export_model(Path(cfg.ship_dir), parts, torch.float16)
+        write_model_card(shipped, summary, argv)
+        log.info("fp16 copy with its model card: %s", shipped)
     log.info(
         "prior written to %s: VAE %.2f dB, img2img %.2f dB on unseen faces (%s + %s)",
         folder,

@@ -6,16 +6,20 @@
 
 Stages, each the same script a user runs on a GPU, with the small configs in `configs/demo/`:
   1. make_seed_pairs.py    five seed pairs from bundled sample faces and a shipped makeup template
-  2. dda_training.py       the DDA (LoRA + RDM + FGMM) on a tiny, untrained, offline SD-1.5-shaped model
+  2. dda_training.py       the DDA (LoRA + RDM + FGMM) over the shipped face prior (weights/face_prior/,
+                           an SD-1.5-shaped model the project trained on faces; SD 1.5 itself cannot be
+                           downloaded here), at 128 px
   3. dda_amplify.py        the remaining sample faces -> makeup pairs
+     data.makeup_truth     the template rendered on those very crops: how much of the makeup the amplified
+                           pairs carry (R^2 of the makeup residual, lips' change as a share of the truth's)
   4. tinybeauty_training.py  TinyBeauty on the amplified pairs
   5. tinybeauty_inference.py --full-photo on a photo with two faces
   6. tinybeauty_export.py  ONNX fp32 + int8
 
-The tiny SD model is untrained, so the demo proves the machinery (every stage's inputs, outputs,
-checkpoints and reports), not the makeup quality. A stage whose outputs exist is skipped on a rerun
-(`--force` redoes them). The report is `OUT/summary.md` and `OUT/summary.png`, built from the
-stages' own summary files.
+`--pretrained runs/tiny_sd` (after `python -m models.tiny_sd runs/tiny_sd`) runs the same pipeline on
+the random tiny model instead: the machinery only, no makeup. A stage whose outputs exist is skipped
+on a rerun (`--force` redoes them). The report is `OUT/summary.md` and `OUT/summary.png`, built from
+the stages' own summary files.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent
 SAMPLE_FACES = REPO / "data" / "samples" / "faces"
+FACE_PRIOR = REPO / "weights" / "face_prior"
 DEMO_CONFIGS = REPO / "configs" / "demo"
 
 
@@ -51,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--faces", default=str(SAMPLE_FACES), help="folder of plain faces (default: bundled samples)")
     parser.add_argument("--template", default="configs/makeup/classic_red_lip.yaml", help="stage-1 makeup template")
     parser.add_argument("--num-seed", type=int, default=5, help="seed pairs for stage 2 (default: %(default)s)")
+    parser.add_argument("--pretrained", default=str(FACE_PRIOR), help="base model of the DDA (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
     parser.add_argument("--smoke", action="store_true", help="smallest settings (used by the test suite)")
     return parser.parse_args(argv)
@@ -70,7 +76,7 @@ def _overrides(smoke: bool, stage: str) -> list[str]:
 def build_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
     py = sys.executable
     logs = out / "logs"
-    seed_dir, sd_dir, dda_dir = out / "seed_pairs", out / "tiny_sd", out / "dda_model"
+    seed_dir, sd_dir, dda_dir = out / "seed_pairs", Path(args.pretrained), out / "dda_model"
     unseen_dir, amp_dir, tb_dir = out / "unseen_faces", out / "amplified", out / "tinybeauty_model"
     photo_in, photo_out, export_dir = out / "photo", out / "photo_makeup", out / "export"
     return [
@@ -89,17 +95,10 @@ def build_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
                 "--output",
                 str(seed_dir),
                 "--size",
-                "128",
+                "256",
             ],
             seed_dir / "summary.json",
             logs / "1_seed_pairs.log",
-        ),
-        Stage(
-            "tiny_sd",
-            "Tiny offline SD-1.5-shaped model (stands in for SD 1.5)",
-            [py, "-m", "models.tiny_sd", str(sd_dir)],
-            sd_dir / "model_index.json",
-            logs / "0_tiny_sd.log",
         ),
         Stage(
             "dda",
@@ -122,14 +121,22 @@ def build_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
             "Stage 3: amplification",
             [
                 py,
-                "dda_amplify.py",  # the real config: its resolution follows the DDA's (64 in the demo)
+                "dda_amplify.py",  # the real config; pairs at 256 (the DDA paints at its 128, the change is resized)
                 f"checkpoint={dda_dir / 'dda_final.pt'}",
+                "resolution=256",
                 f"input_dir={unseen_dir}",
                 f"output_dir={amp_dir}",
                 *_overrides(args.smoke, "amplify"),
             ],
             amp_dir / "summary.json",
             logs / "3_amplify.log",
+        ),
+        Stage(
+            "truth",
+            "Stage 3 measured: the template's truth on the amplified crops",
+            [py, "-m", "data.makeup_truth", str(amp_dir), args.template, str(out / "amplified_truth")],
+            out / "amplified_truth" / "summary.json",
+            logs / "3b_truth.log",
         ),
         Stage(
             "tinybeauty",

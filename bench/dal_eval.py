@@ -17,11 +17,8 @@ every part of the chain can be scored. The bench runs the project's own stage sc
    pairs, the 5 seed pairs alone (repeated to the same count), and truth pairs on the same faces;
 7. all three scored against the truth on `--heldout` further faces, unseen by every stage.
 
-Scores ("over the face" = every pixel with a makeup-mask label, eyes 1, lips 2, skin 3):
-- `psnr_db`: prediction vs truth over the whole image; `identity_psnr_db`: source vs truth.
-- `r2`, `r2_lips`, `r2_eyes`: the makeup residual's R^2, 1 - SSE/SST with SSE = sum (pred - truth)^2 and
-  SST = sum (residual - its mean)^2, residual = truth - source, pooled over faces and channels.
-- `lip_change_ratio`: mean |pred - source| over the lips / mean |truth - source| over the lips.
+Scores: `data/makeup_truth.py` (PSNR and identity PSNR against the truth, makeup-residual R^2 over
+the face, the lips and the eyes, and the lips' change as a share of the truth's).
 
 Writes everything under `--work` (default runs/dal_eval/TEMPLATE), and the JSON to `--out` too.
 """
@@ -43,45 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common import atomic_write_text, from_uint8, load_checkpoint, log, to_uint8  # noqa: E402
-from data.io import list_images, read_labels, read_rgb  # noqa: E402
-
-LIPS, EYES = 2, 1
-
-
-# --------------------------------------------------------------------------------------------
-# Scores
-# --------------------------------------------------------------------------------------------
-def _r2(pred: np.ndarray, truth: np.ndarray, source: np.ndarray, region: np.ndarray) -> float | None:
-    if not region.any():
-        return None
-    residual = (truth.astype(np.float64) - source)[region]  # (P, 3)
-    error = (pred.astype(np.float64) - truth)[region]
-    sst = float(((residual - residual.mean(0)) ** 2).sum())
-    return None if sst == 0 else round(1.0 - float((error**2).sum()) / sst, 4)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b) ** 2).mean())
-    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def score(
-    preds: list[np.ndarray], truths: list[np.ndarray], sources: list[np.ndarray], masks: list[np.ndarray]
-) -> dict:
-    """The scores above for lists of (H, W, 3) uint8 images and (H, W) labels."""
-    pred, truth, source, mask = (np.stack(x) for x in (preds, truths, sources, masks))
-    lips = mask == LIPS
-    truth_lip_change = np.abs(truth.astype(np.float64) - source)[lips].mean() if lips.any() else 0.0
-    pred_lip_change = np.abs(pred.astype(np.float64) - source)[lips].mean() if lips.any() else 0.0
-    return {
-        "faces": len(preds),
-        "psnr_db": round(float(np.mean([_psnr(p, t) for p, t in zip(pred, truth)])), 3),
-        "identity_psnr_db": round(float(np.mean([_psnr(s, t) for s, t in zip(source, truth)])), 3),
-        "r2": _r2(pred, truth, source, mask > 0),
-        "r2_lips": _r2(pred, truth, source, lips),
-        "r2_eyes": _r2(pred, truth, source, mask == EYES),
-        "lip_change_ratio": round(float(pred_lip_change / truth_lip_change), 4) if truth_lip_change else None,
-    }
+from data.io import list_images  # noqa: E402
+from data.makeup_truth import load_pairs, render_truth, score  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,29 +63,6 @@ def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: i
                 os.symlink(files[index].resolve(), link)
         folders.append(folder)
     return folders[0], folders[1]
-
-
-def render_truth(pairs_dir: Path, template, out_dir: Path) -> list[str]:
-    """The template on each pair's source crop (parsed anew), written as a pair folder (source, target, mask)."""
-    from common import atomic_save_image
-    from data.face_parsing import FaceParser
-    from data.makeup_render import render_makeup
-
-    names = []
-    with FaceParser() as parser:
-        for path in list_images(pairs_dir / "source"):
-            target_path = out_dir / "target" / f"{path.stem}.png"
-            if not target_path.exists():
-                source = read_rgb(path)
-                parse = parser.parse(source)
-                if parse is None:
-                    log.warning("truth: no face parse on %s, left out", path)
-                    continue
-                atomic_save_image(source, out_dir / "source" / f"{path.stem}.png")
-                atomic_save_image(np.asarray(parse.makeup, np.uint8), out_dir / "mask" / f"{path.stem}.png")
-                atomic_save_image(render_makeup(source, parse, template), target_path)
-            names.append(path.stem)
-    return names
 
 
 def prepare_heldout(faces_dir: Path, out_dir: Path, size: int) -> None:
@@ -162,18 +99,6 @@ def replicate_pairs(pairs_dir: Path, out_dir: Path, count: int) -> None:
                 os.symlink((pairs_dir / kind / f"{name}.png").resolve(), link)
 
 
-def load_pair_folder(folder: Path, names: list[str] | None = None) -> dict[str, tuple]:
-    names = names or [p.stem for p in list_images(folder / "source")]
-    out = {}
-    for name in names:
-        out[name] = (
-            read_rgb(folder / "source" / f"{name}.png"),
-            read_rgb(folder / "target" / f"{name}.png"),
-            read_labels(folder / "mask" / f"{name}.png"),
-        )
-    return out
-
-
 @torch.no_grad()
 def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
     """The trained DDA on its own seed pairs at its training resolution, against their targets."""
@@ -183,7 +108,7 @@ def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
     dda = load_dda(dda_dir / "dda_final.pt")
     size = dda.resolution
     preds, truths, sources, masks = [], [], [], []
-    for index, (source, target, mask) in enumerate(load_pair_folder(seed_dir).values()):
+    for index, (source, target, mask) in enumerate(load_pairs(seed_dir).values()):
         source, target = resize_rgb(source, size), resize_rgb(target, size)
         mask = np.array(resize_labels(mask, size))
         generator = torch.Generator().manual_seed(index)
@@ -235,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", default=None, help="work folder (default runs/dal_eval/TEMPLATE)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--until", choices=("dda", "amplify", "all"), default="all", help="stop after the DDA's or the amplified scores"
+    )
     args = parser.parse_args(argv)
 
     import dda_amplify
@@ -265,6 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
         dda_args = [f"model.pretrained={args.pretrained}", f"data.root={seeds}", f"output_dir={dda_dir}"]
         dda_args += ["wandb.mode=disabled"]
         timed("dda_training", dda_training.main, dda_args + _overrides(args.dda))
+    results: dict = {"template": str(template.name), "pretrained": args.pretrained}
+    results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
+    if args.until == "dda":
+        return finish(results, timings, args)
     amplify_faces, heldout_faces = split_faces(Path(args.faces), work, args.amplify, args.heldout, args.seed)
     amplified = work / "amplified"
     amp_args = [f"checkpoint={dda_dir / 'dda_final.pt'}", f"input_dir={amplify_faces}", f"output_dir={amplified}"]
@@ -273,21 +205,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     truth_dir = work / "truth_amplified"
     names = timed("truth", render_truth, amplified, template, truth_dir)
-    amplified_pairs = load_pair_folder(amplified, names)
-    truth_pairs = load_pair_folder(truth_dir, names)
+    amplified_pairs = load_pairs(amplified, names)
+    truth_pairs = load_pairs(truth_dir, names)
     preds = [amplified_pairs[n][1] for n in names]
     truths = [truth_pairs[n][1] for n in names]
     sources = [amplified_pairs[n][0] for n in names]
     masks = [amplified_pairs[n][2] for n in names]
-    results: dict = {"template": str(template.name), "pretrained": args.pretrained}
-    results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
     results["amplified_vs_truth"] = score(preds, truths, sources, masks)
+    if args.until == "amplify":
+        return finish(results, timings, args)
 
     heldout_crops = work / "heldout_crops"
     timed("heldout_crops", prepare_heldout, heldout_faces, heldout_crops, args.size)
     heldout_truth = work / "heldout_truth"
     timed("heldout_truth", render_truth, heldout_crops, template, heldout_truth)
-    heldout = load_pair_folder(heldout_truth)
+    heldout = load_pairs(heldout_truth)
 
     seeds_repeated = work / "seed_pairs_repeated"
     replicate_pairs(seeds, seeds_repeated, len(names))
@@ -302,12 +234,15 @@ def main(argv: list[str] | None = None) -> dict:
     tb = results["tinybeauty"]
     results["gain_amplified_over_seeds_db"] = round(tb["amplified"]["psnr_db"] - tb["seeds_only"]["psnr_db"], 3)
     results["gap_truth_minus_amplified_db"] = round(tb["truth"]["psnr_db"] - tb["amplified"]["psnr_db"], 3)
+    return finish(results, timings, args)
+
+
+def finish(results: dict, timings: dict, args) -> dict:
     results["seconds"] = timings
     results["settings"] = vars(args)
-    text = json.dumps(results)
     if args.out:
         atomic_write_text(args.out, json.dumps(results, indent=1))
-    print(text)
+    print(json.dumps(results))
     return results
 
 

@@ -105,6 +105,10 @@ def test_summary_figures_are_the_files_figures(demo_run):
         f"{export['fp32']['size_kb']:.1f} KB",
         f"| {timings['dda']:.1f} |",
     ]
+    truth = _json(demo_run / "amplified_truth" / "summary.json")
+    assert truth["faces"] == amp["pairs"]
+    if truth["r2"] is not None:
+        expected.append(f"makeup R^2 {truth['r2']:.2f}")
     for text in expected:
         assert text in summary_md, f"summary.md lacks '{text}'"
     # every number in the TinyBeauty row traces back to a file

@@ -1,0 +1,88 @@
+"""pretrain_prior.py: a smoke run on the sample faces, time slices that resume, bad inputs, the folder it writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SAMPLE_FACES
+
+SMALL = [
+    "data.resolution=32",
+    "data.eval_count=2",
+    "vae.block_out_channels=[32,32]",
+    "vae.steps=3",
+    "vae.warm_steps=1",
+    "vae.warm_size=16",
+    "vae.batch_size=2",
+    "vae.warm_batch_size=2",
+    "unet.block_out_channels=[32,64]",
+    "unet.down_block_types=[DownBlock2D,CrossAttnDownBlock2D]",
+    "unet.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]",
+    "unet.steps=3",
+    "unet.batch_size=2",
+    "unet.warmup_steps=1",
+    "checkpoint_every=1",
+    "sample_every=2",
+]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Six sample faces plus a file that is not an image and a picture without a face."""
+    folder = tmp_path_factory.mktemp("prior_faces")
+    for path in sorted(SAMPLE_FACES.glob("*.jpg"))[:6]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "notes.jpg").write_text("not an image\n")
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "grey.png")
+    return folder
+
+
+def run(faces, out, *extra):
+    import pretrain_prior
+
+    return pretrain_prior.main(
+        [f"output_dir={out}", f"data.train_dirs=[{faces}]", f"data.eval_dir={SAMPLE_FACES}", *SMALL, *extra]
+    )
+
+
+def test_time_slices_resume_and_the_folder_loads_as_sd(faces, tmp_path):
+    from models.dda import load_base_model
+
+    out = tmp_path / "prior"
+    first = run(faces, out, "stop_after=0.0001")  # stops at the first checkpoint
+    assert first == {"finished": False, "phase": "vae", "step": 1}
+    assert not (out / "model").exists()
+    summary = run(faces, out, f"ship_dir={tmp_path / 'shipped'}")
+    assert summary["finished"] and summary["phase"] == "done" and summary["step"] == 3
+    log = (out / "train.log").read_text()
+    assert "resumed from" in log and "phase vae, step 1" in log
+    # bad inputs are skipped and named, the run went on
+    assert set(summary["skipped"]) == {f"{faces.name}/notes.jpg", f"{faces.name}/grey.png"}
+    assert "unreadable" in summary["skipped"][f"{faces.name}/notes.jpg"]
+    assert summary["skipped"][f"{faces.name}/grey.png"] == "no face found"
+    assert summary["faces"]["train"] == 6
+    assert summary["scaling_factor"] > 0 and "vae_psnr_db" in summary["figures"]
+    for folder in (out / "model", tmp_path / "shipped"):  # the real SD 1.5 code path loads both
+        base = load_base_model(folder)
+        assert base["vae"].config.scaling_factor == pytest.approx(summary["scaling_factor"])
+        assert base["noise_scheduler"].config.get("set_alpha_to_one") is False  # SD 1.5's scheduler config
+    shipped = tmp_path / "shipped"
+    assert "non-commercial research" in (shipped / "README.md").read_text()
+    from safetensors import safe_open
+
+    with safe_open(str(shipped / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert str(f.get_tensor(next(iter(f.keys()))).dtype) == "torch.float16"
+    assert json.loads((out / "summary.json").read_text())["finished"] is True
+    assert list(out.glob("samples_vae_*.png")) and list(out.glob("samples_img2img_*.png"))
+
+
+def test_no_face_anywhere_names_the_key(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(empty / "grey.png")
+    with pytest.raises(SystemExit, match="data.train_dirs"):
+        run(empty, tmp_path / "out")
