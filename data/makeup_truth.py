@@ -10,7 +10,9 @@ so amplified pairs can be scored against the truth on the same pixels; `score` g
 - `psnr_db`: prediction vs truth over the whole image; `identity_psnr_db`: source vs truth;
 - `r2`, `r2_lips`, `r2_eyes`: R^2 of the makeup residual, 1 - SSE/SST, SSE = sum (pred - truth)^2,
   SST = sum (residual - its mean)^2, residual = truth - source, pooled over faces and channels;
-- `lip_change_ratio`: mean |pred - source| over the lips / mean |truth - source| over the lips.
+- `lip_change_ratio`: mean |pred - source| over the lips / mean |truth - source| over the lips;
+- `lip_error_reduction`: 1 - SSE(pred, truth) / SSE(source, truth) over the lips (0: no closer to the
+  truth than the plain face; R^2 centres SST on the residual's mean, this measures against no makeup).
 
 The command writes OUT_DIR/{source,target,mask}/ (the truth pairs) and OUT_DIR/summary.json (the
 scores of AMPLIFIED_DIR's targets against them).
@@ -57,7 +59,17 @@ def score(preds, truths, sources, masks) -> dict:
         "r2_lips": _r2(pred, truth, source, lips),
         "r2_eyes": _r2(pred, truth, source, mask == EYES),
         "lip_change_ratio": round(pred_lips / truth_lips, 4) if truth_lips else None,
+        "lip_error_reduction": _error_reduction(pred, truth, source, lips),
     }
+
+
+def _error_reduction(pred, truth, source, region) -> float | None:
+    """1 - SSE(pred, truth) / SSE(source, truth) in a region: 0 = no closer than the plain face, 1 = the truth."""
+    if not region.any():
+        return None
+    before = float(((source.astype(np.float64) - truth)[region] ** 2).sum())
+    after = float(((pred.astype(np.float64) - truth)[region] ** 2).sum())
+    return None if before == 0 else round(1.0 - after / before, 4)
 
 
 def render_truth(pairs_dir: str | Path, template, out_dir: str | Path) -> list[str]:
