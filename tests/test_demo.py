@@ -36,7 +36,7 @@ def demo_run(tmp_path_factory) -> Path:
 EXPECTED = [
     "seed_pairs/summary.json",
     "seed_pairs/contact_sheet.png",
-    "tiny_sd/model_index.json",
+    "amplified_truth/summary.json",
     "dda_model/dda_final.pt",
     "dda_model/pytorch_lora_weights.safetensors",
     "dda_model/sample_epoch_2.png",
