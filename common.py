@@ -140,6 +140,21 @@ def parse_stage_args(
     return args, cfg
 
 
+def parse_resumable_args(
+    doc: str | None, default_config: str | os.PathLike, argv: Sequence[str] | None = None
+) -> tuple[argparse.Namespace, DictConfig, dict | None]:
+    """The shared command line, plus `--resume CKPT`: without `--config` the run continues with the
+    checkpoint's config (overrides on top). Returns the arguments, the config and the loaded checkpoint."""
+    args = stage_argparser(doc, default_config).parse_args(argv)
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    from_ckpt = ckpt is not None and Path(args.config).resolve() == Path(default_config).resolve()
+    try:
+        cfg = load_config(default_config, args.overrides, dict(ckpt["config"]) if from_ckpt else args.config)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    return args, cfg, ckpt
+
+
 def config_to_dict(cfg: DictConfig | dict) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else dict(cfg)
 

@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import (
-    ConfigError,
     WandbLogger,
     atomic_save_image,
     atomic_write_text,
@@ -45,16 +44,14 @@ from common import (
     from_uint8,
     get_device,
     get_rng_state,
-    load_checkpoint,
-    load_config,
     log,
     make_grid,
+    parse_resumable_args,
     prepare_run_dir,
     require_dir,
     save_checkpoint,
     seed_everything,
     set_rng_state,
-    stage_argparser,
     to_uint8,
 )
 from data.io import ImageReadError, list_images, read_rgb, resize_rgb
@@ -304,25 +301,15 @@ def checkpoint_state(dda, optimizer, scaler, cfg, epoch, state, last_terms) -> d
 
 def parse_args(argv: list[str] | None = None) -> tuple:
     """`--resume CKPT` without `--config` continues with the checkpoint's config (overrides on top), as stage 4."""
-    args = stage_argparser(__doc__, DEFAULT_CONFIG).parse_args(argv)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
+    args, cfg, ckpt = parse_resumable_args(__doc__, DEFAULT_CONFIG, argv)
     if ckpt is not None and ("dda" not in ckpt or "optimizer" not in ckpt):
         raise SystemExit(
             f"error: {args.resume} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)"
         )
-    try:
-        if ckpt is not None and Path(args.config).resolve() == DEFAULT_CONFIG.resolve():
-            cfg = load_config(DEFAULT_CONFIG, args.overrides, dict(ckpt["config"]))
-        else:
-            cfg = load_config(DEFAULT_CONFIG, args.overrides, args.config)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
     return args, cfg, ckpt
 
 
 def resume(ckpt: dict, path: str, dda, optimizer, scaler, state) -> int:
-    if "dda" not in ckpt or "optimizer" not in ckpt:
-        raise SystemExit(f"error: {path} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)")
     dda.load_state(ckpt["dda"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])

@@ -229,7 +229,7 @@ def load_state(run_dir: Path, parts: dict, generator: torch.Generator) -> dict:
     parts["vae"].load_state_dict(payload["vae"])
     parts["unet"].load_state_dict(payload["unet"])
     parts["text_encoder"].load_state_dict(payload["text_encoder"])
-    parts["optimizer_state"] = payload["optimizer"]
+    parts["optimizer_state"] = payload["optimizer"]  # taken by the phase that resumes (`use_optimizer`)
     generator.set_state(payload["generator"])
     state = payload["state"]
     log.info("resumed from %s: phase %s, step %d", path, state["phase"], state["step"])
@@ -239,6 +239,14 @@ def load_state(run_dir: Path, parts: dict, generator: torch.Generator) -> dict:
 # --------------------------------------------------------------------------------------------
 # Training phases
 # --------------------------------------------------------------------------------------------
+def use_optimizer(parts: dict, state: dict, optimizer: torch.optim.Optimizer) -> None:
+    """The phase's optimizer, with the saved state of a resumed run (none at a phase's first step)."""
+    saved = parts.pop("optimizer_state", None)
+    if saved is not None and state["step"] > 0:
+        optimizer.load_state_dict(saved)
+    parts["optimizer"] = optimizer
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -283,9 +291,7 @@ def run_phase(name: str, cfg, run_dir: Path, state: dict, parts: dict, generator
 
 def train_vae(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     vae = parts["vae"].train()
-    parts["optimizer"] = torch.optim.AdamW(vae.parameters(), lr=float(cfg.vae.lr), weight_decay=0.0)
-    if parts.get("optimizer_state_loaded") is not None and state["step"] > 0:
-        parts["optimizer"].load_state_dict(parts["optimizer_state_loaded"])
+    use_optimizer(parts, state, torch.optim.AdamW(vae.parameters(), lr=float(cfg.vae.lr), weight_decay=0.0))
     warm_steps, warm_size = int(cfg.vae.warm_steps), int(cfg.vae.warm_size)
 
     def step() -> float:
@@ -353,9 +359,7 @@ def train_unet(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     if "latents" not in parts:
         parts["latents"] = encode_all(vae, faces["train"], bool(cfg.data.hflip)) * vae.config.scaling_factor
     latents = parts["latents"]
-    parts["optimizer"] = torch.optim.AdamW(unet.parameters(), lr=float(cfg.unet.lr), weight_decay=1e-2)
-    if parts.get("optimizer_state_loaded") is not None and state["step"] > 0:
-        parts["optimizer"].load_state_dict(parts["optimizer_state_loaded"])
+    use_optimizer(parts, state, torch.optim.AdamW(unet.parameters(), lr=float(cfg.unet.lr), weight_decay=1e-2))
     scheduler = sd15_scheduler()
     alphas = scheduler.alphas_cumprod
     fixed = embed_prompts(parts["tokenizer"], parts["text_encoder"], list(cfg.unet.prompts))
@@ -561,7 +565,6 @@ def main(argv: list[str] | None = None) -> dict:
     parts = {"vae": build_vae(cfg), "unet": build_unet(cfg), "text_encoder": text_encoder, "tokenizer": tokenizer}
     generator = torch.Generator().manual_seed(int(cfg.seed))
     state = load_state(run_dir, parts, generator)
-    parts["optimizer_state_loaded"] = parts.pop("optimizer_state", None)
     log.info(
         "VAE %.2fM, UNet %.2fM, text encoder %.2fM parameters",
         count_parameters(parts["vae"]) / 1e6,
@@ -575,7 +578,6 @@ def main(argv: list[str] | None = None) -> dict:
             factor = measure_scaling_factor(parts["vae"], faces["train"])
             parts["vae"].register_to_config(scaling_factor=factor)
             state.update(phase="unet", step=0, scaling_factor=factor)
-            parts["optimizer_state_loaded"] = None
             log.info("VAE done: scaling factor %.5f (SD 1.5's: 0.18215)", factor)
             save_state(run_dir, state, {**parts, "optimizer": None}, generator)
         else:

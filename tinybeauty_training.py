@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from common import (
     REPO_ROOT,
-    ConfigError,
     WandbLogger,
     amplify_residual,
     atomic_save_image,
@@ -41,10 +40,9 @@ from common import (
     format_seconds,
     get_device,
     get_rng_state,
-    load_checkpoint,
-    load_config,
     log,
     make_grid,
+    parse_resumable_args,
     prepare_run_dir,
     psnr,
     require_dir,
@@ -52,7 +50,6 @@ from common import (
     seed_everything,
     set_rng_state,
     ssim,
-    stage_argparser,
     to_uint8,
 )
 from data.paired import DatasetError, PairedDataset, scan_pairs, split_names, write_split
@@ -78,15 +75,7 @@ METRIC_COLUMNS = [
 # --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> tuple:
     """`--resume CKPT` without `--config` continues with the checkpoint's config (overrides on top)."""
-    args = stage_argparser(__doc__, DEFAULT_CONFIG).parse_args(argv)
-    resume_state = load_checkpoint(args.resume) if args.resume else None
-    try:
-        if resume_state is not None and Path(args.config).resolve() == DEFAULT_CONFIG.resolve():
-            cfg = load_config(DEFAULT_CONFIG, args.overrides, dict(resume_state["config"]))
-        else:
-            cfg = load_config(DEFAULT_CONFIG, args.overrides, args.config)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+    args, cfg, resume_state = parse_resumable_args(__doc__, DEFAULT_CONFIG, argv)
     check_config(cfg)
     return args, cfg, resume_state
 

@@ -67,12 +67,11 @@ def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: i
 
 def prepare_heldout(faces_dir: Path, out_dir: Path, size: int) -> None:
     """Held-out faces cropped exactly as stage 3 crops them (no DDA): source and mask."""
-    from common import atomic_save_image
-    from data.face_align import FaceAligner
-    from data.face_parsing import FaceParser
-    from dda_amplify import SkipInput, prepare_face
+    from common import atomic_save_image, load_config
+    from dda_amplify import DEFAULT_CONFIG, SkipInput, build_face_tools, prepare_face
 
-    with FaceAligner(size=max(size, 256), margin=0.4, max_faces=8) as aligner, FaceParser() as parser:
+    aligner, parser = build_face_tools(load_config(DEFAULT_CONFIG), size)  # stage 3's own face settings
+    with aligner, parser:
         for path in list_images(faces_dir):
             if (out_dir / "source" / f"{path.stem}.png").exists():
                 continue

@@ -43,6 +43,7 @@ its own detail (the RDM idea applied across resolutions).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -57,7 +58,6 @@ from models.rdm import RDM
 
 DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]  # attention only, as diffusers' LoRA examples
-LORA_CONV_MODULES = ["conv1", "conv2", "conv_shortcut"]  # the ResNet convolutions (see configs/dda.yaml)
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 DDA_MODULES_NAME = "dda_modules.json"  # RDM alpha, FGMM weights and settings next to the LoRA file
 SCHEDULERS = ("ddim", "euler_ancestral")
@@ -333,8 +333,6 @@ class DDA(nn.Module):
             settings[key] = trained[key] if value is None else type(trained[key])(value)
             if value is not None and settings[key] != trained[key] and key not in self._warned:
                 self._warned.add(key)
-                import logging
-
                 logging.getLogger("makeup").warning(
                     "sampling with %s=%s, but the DDA was trained with %s=%s: training and sampling no longer "
                     "follow the same path (leave it unset to use the trained value)",
@@ -563,20 +561,7 @@ class DDA(nn.Module):
                 f"source must be (B, 3, H, W) and makeup_mask (B, H, W); got {tuple(source.shape)} and "
                 f"{tuple(makeup_mask.shape)}"
             )
-        if source.shape[-1] != self.resolution or source.shape[-2] != self.resolution:
-            return self._img2img_resized(
-                source,
-                makeup_mask,
-                region_weights=region_weights,
-                strength=strength,
-                num_steps=num_steps,
-                scheduler=scheduler,
-                guidance_scale=guidance_scale,
-                generator=generator,
-            )
-        styled = self.makeup_signal(
-            source,
-            makeup_mask,
+        settings = dict(
             region_weights=region_weights,
             strength=strength,
             num_steps=num_steps,
@@ -584,6 +569,9 @@ class DDA(nn.Module):
             guidance_scale=guidance_scale,
             generator=generator,
         )
+        if source.shape[-1] != self.resolution or source.shape[-2] != self.resolution:
+            return self._img2img_resized(source, makeup_mask, **settings)
+        styled = self.makeup_signal(source, makeup_mask, **settings)
         return self.composite(source, styled, makeup_mask, region_weights)
 
     def _img2img_resized(self, source: torch.Tensor, makeup_mask: torch.Tensor, **kwargs) -> torch.Tensor:

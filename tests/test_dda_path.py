@@ -30,6 +30,21 @@ def path_unet(eps_path: torch.Tensor):
     return forward
 
 
+def ddim_driven_by(dda, eps_path: torch.Tensor, z_source: torch.Tensor) -> torch.Tensor:
+    """The DDA's own image-to-image DDIM loop (noise from seed 7) with `path_unet(eps_path)` as the UNet."""
+    dda.rdm.forward = path_unet(eps_path)
+    return dda._denoise(
+        z_source,
+        None,
+        use_lora=True,
+        strength=dda.strength,
+        num_steps=dda.num_steps,
+        scheduler="ddim",
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(7),
+    )
+
+
 @pytest.mark.parametrize("config", ["tiny (set_alpha_to_one default)", "sd15 (set_alpha_to_one false)"])
 def test_ddim_from_noised_source_lands_on_target(tiny_sd, config):
     from diffusers.utils.torch_utils import randn_tensor
@@ -54,31 +69,10 @@ def test_ddim_from_noised_source_lands_on_target(tiny_sd, config):
     start = a_start**0.5 * x0 + (1 - a_start) ** 0.5 * eps
     torch.testing.assert_close(start, sched.add_noise(z_source, noise, visited[:1]), atol=1e-5, rtol=1e-5)
     # ... and DDIM driven by the path noise ends exactly on the target latent
-    dda.rdm.forward = path_unet(eps)
-    out = dda._denoise(
-        z_source,
-        None,
-        use_lora=True,
-        strength=dda.strength,
-        num_steps=dda.num_steps,
-        scheduler="ddim",
-        guidance_scale=1.0,
-        generator=torch.Generator().manual_seed(7),
-    )
-    torch.testing.assert_close(out, z_target, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ddim_driven_by(dda, eps, z_source), z_target, atol=1e-4, rtol=1e-4)
     if config.startswith("sd15"):  # the old path (which assumed alpha 1 at the end) misses it here
         _, eps_old = ddim_path(z_source, z_target, noise, a_start, 1.0)
-        dda.rdm.forward = path_unet(eps_old)
-        missed = dda._denoise(
-            z_source,
-            None,
-            use_lora=True,
-            strength=dda.strength,
-            num_steps=dda.num_steps,
-            scheduler="ddim",
-            guidance_scale=1.0,
-            generator=torch.Generator().manual_seed(7),
-        )
+        missed = ddim_driven_by(dda, eps_old, z_source)
         assert (missed - z_target).abs().max() > 1e-2
 
 
