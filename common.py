@@ -1,9 +1,10 @@
 """What every stage script needs, in one place.
 
 Config loading with dotted overrides, seeding and RNG state, atomic file writes, run folders with
-their log and resolved config, checkpoint I/O, image grids, metrics (PSNR/SSIM) and the WandB
-wrapper. Stage scripts import from here and never copy any of it.
+their log and resolved config, safe checkpoint I/O, image grids, metrics (PSNR/SSIM), the WandB
+wrapper and the command-line entry (`run_cli`). Stage scripts import from here and never copy any of it.
 
+Errors are the project's own types (`errors.py`); only `run_cli` turns them into an exit code.
 Nothing here runs on import.
 """
 
@@ -14,10 +15,11 @@ import functools
 import logging
 import math
 import os
+import pickle
 import random
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,10 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 from PIL import Image
 
+from errors import CheckpointError, ConfigError, InputError, MakeupError
+
+__all__ = ["CheckpointError", "ConfigError", "InputError", "MakeupError"]  # re-exported for the stage scripts
+
 REPO_ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("makeup")
 
@@ -36,10 +42,6 @@ log = logging.getLogger("makeup")
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
-class ConfigError(ValueError):
-    """A config file or override that does not fit the stage's schema. The message names the key."""
-
-
 def _typed(value: Any) -> Any:
     """Turn a plain YAML tree into OmegaConf typed nodes, so the default file is the schema.
 
@@ -109,10 +111,22 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=2)")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_keep_words(cfg, item)]))
         except OmegaConfBaseException as err:
             raise _explain(err, f"override '{item}'") from err
     return cfg
+
+
+YAML_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n", "true", "false"}
+
+
+def _keep_words(cfg: DictConfig, item: str) -> str:
+    """`key=no` for a string-typed key means the word, not YAML 1.1's false (`model.mixed_precision=no`
+    would otherwise arrive as "False"): quote such a value so the key gets what the user typed."""
+    key, value = item.split("=", 1)
+    if value.strip().lower() in YAML_BOOL_WORDS and isinstance(OmegaConf.select(cfg, key, default=None), str):
+        return f"{key}='{value.strip()}'"
+    return item
 
 
 def stage_argparser(doc: str | None, default_config: str | os.PathLike) -> argparse.ArgumentParser:
@@ -131,13 +145,9 @@ def stage_argparser(doc: str | None, default_config: str | os.PathLike) -> argpa
 def parse_stage_args(
     doc: str | None, default_config: str | os.PathLike, argv: Sequence[str] | None = None
 ) -> tuple[argparse.Namespace, DictConfig]:
-    """Parse the shared command line and load the config; a config error exits with its message."""
+    """Parse the shared command line and load the config (a bad key raises ConfigError naming it)."""
     args = stage_argparser(doc, default_config).parse_args(argv)
-    try:
-        cfg = load_config(default_config, args.overrides, args.config)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
-    return args, cfg
+    return args, load_config(default_config, args.overrides, args.config)
 
 
 def parse_resumable_args(
@@ -148,10 +158,9 @@ def parse_resumable_args(
     args = stage_argparser(doc, default_config).parse_args(argv)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     from_ckpt = ckpt is not None and Path(args.config).resolve() == Path(default_config).resolve()
-    try:
-        cfg = load_config(default_config, args.overrides, dict(ckpt["config"]) if from_ckpt else args.config)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+    if ckpt is not None and not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{args.resume} holds no config: not a training checkpoint of this project")
+    cfg = load_config(default_config, args.overrides, dict(ckpt["config"]) if from_ckpt else args.config)
     return args, cfg, ckpt
 
 
@@ -169,9 +178,18 @@ def seed_everything(seed: int) -> None:
 
 
 def get_rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) generator states as tensors and plain numbers, so a checkpoint
+    that holds them loads with `torch.load(weights_only=True)`."""
+    version, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -180,8 +198,10 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -235,19 +255,45 @@ def atomic_save_image(image: Image.Image | np.ndarray, path: str | os.PathLike) 
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """torch.save through a temporary file, then rename."""
+    """torch.save through a temporary file, then rename. `state` must hold only what `load_checkpoint`
+    reads back without pickle: tensors, numbers, strings, None, and dicts/lists/tuples of them."""
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+CONVERT_HINT = "python convert_checkpoint.py"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with `torch.load(weights_only=True)`: tensors and plain containers only.
+
+    A file that needs pickle to load (a custom class, a numpy array, any callable) is refused with
+    CheckpointError and nothing in it is run. Files written before checkpoints were made safe hold
+    numpy RNG states; `python convert_checkpoint.py FILE` converts one the user trusts, once.
+    """
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"error: checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        # Our checkpoints hold the config, RNG states and numpy arrays besides tensors.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it needs pickle to load ({_unpickler_reason(err)}), which could run any code "
+            "on this machine, so nothing in it was run. A checkpoint from an older version of this project? If you "
+            f"trust where it came from, convert it once: {CONVERT_HINT} {path}"
+        ) from None
     except Exception as err:
-        raise SystemExit(f"error: could not read checkpoint {path}: {err}") from None
+        raise CheckpointError(f"could not read checkpoint {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (it holds a {type(state).__name__})")
+    return state
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The line of torch's long weights-only message that says what was refused."""
+    for line in str(err).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +340,7 @@ class WandbLogger:
         if mode == "disabled":
             return
         if mode not in ("offline", "online"):
-            raise SystemExit(f"error: config key 'wandb.mode' must be offline, online or disabled, not '{mode}'")
+            raise ConfigError(f"config key 'wandb.mode' must be offline, online or disabled, not '{mode}'")
         import wandb  # imported here: slow, and not needed when disabled
 
         self._wandb = wandb
@@ -424,10 +470,22 @@ def require_dir(path: str | os.PathLike, what: str, key: str | None = None) -> P
     path = Path(path)
     if not path.is_dir():
         where = f" (config key '{key}')" if key else ""
-        raise SystemExit(f"error: {what} not found: {path}{where}")
+        raise InputError(f"{what} not found: {path}{where}")
     return path
 
 
-def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+# --------------------------------------------------------------------------------------------
+# Command-line entry
+# --------------------------------------------------------------------------------------------
+def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
+    """Run a stage's `main`; the project's errors become one line on stderr and exit code 2.
+
+    Library code raises `errors.MakeupError` subclasses (a notebook catches them); only the scripts'
+    `if __name__ == "__main__"` goes through here. Other exceptions keep their traceback (a bug).
+    """
+    try:
+        main(argv)
+    except MakeupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,10 +65,12 @@ from common import (
     parse_stage_args,
     prepare_run_dir,
     require_dir,
+    run_cli,
     setup_logging,
     to_uint8,
 )
 from data.io import ImageReadError, list_images, read_labels, read_rgb, resize_labels, resize_rgb
+from errors import ConfigError, InputError
 from models.dda import SCHEDULERS
 from models.fgmm import REGIONS  # FGMM regions; labels 1, 2, 3 in the mask (data/paired.py)
 
@@ -349,8 +352,8 @@ def check_settings(records: dict[str, dict], jobs: Sequence[Job], settings: dict
         wanted = dict(settings, seed=job.seed)
         for key in RECORDED_SETTINGS:
             if record.get(key) != wanted[key]:
-                raise SystemExit(
-                    f"error: {out_dir} holds pairs made with {key}={record.get(key)!r} (e.g. {record['name']}), "
+                raise InputError(
+                    f"{out_dir} holds pairs made with {key}={record.get(key)!r} (e.g. {record['name']}), "
                     f"not {wanted[key]!r}: use a new output_dir or the same settings to resume"
                 )
 
@@ -377,19 +380,34 @@ def write_pair(out_dir: Path, name: str, face: PreparedFace, target: np.ndarray)
     atomic_save_image(target, target_path)  # last: a pair counts as written once its target exists
 
 
-def amplify_batch(batch: list[Job], ctx: dict) -> tuple[list[dict], float]:
+@dataclass
+class AmplifyContext:
+    """What every batch of one amplification run shares."""
+
+    cfg: DictConfig
+    out_dir: Path
+    device: torch.device
+    resolution: int  # the square crop the DDA works at
+    models: dict  # DDA checkpoint path -> loaded DDA (one per style)
+    aligner: Any  # data.face_align.FaceAligner
+    parser: Any  # data.face_parsing.FaceParser
+    settings: dict  # run_settings(): recorded with every pair and checked on resume
+    pending: set[int]  # Job.index of the pairs this process still has to write
+
+
+def amplify_batch(batch: list[Job], ctx: AmplifyContext) -> tuple[list[dict], float]:
     """Prepare, generate and write one batch; returns the manifest records of its pending pairs.
 
     The whole batch is generated even when some of its pairs exist already, so that a resumed batch
     holds the same faces as the first attempt; only the pending pairs are written.
     """
-    cfg, out_dir, device, resolution = ctx["cfg"], ctx["out_dir"], ctx["device"], ctx["resolution"]
+    cfg, out_dir, device, resolution = ctx.cfg, ctx.out_dir, ctx.device, ctx.resolution
     prepared: dict[str, PreparedFace | SkipInput] = {}
     for job in batch:
         if job.input_name in prepared:
             continue
         try:
-            prepared[job.input_name] = prepare_face(job.input, ctx["aligner"], ctx["parser"], resolution)
+            prepared[job.input_name] = prepare_face(job.input, ctx.aligner, ctx.parser, resolution)
         except SkipInput as skip:
             prepared[job.input_name] = skip
         except Exception as err:  # one odd photo must not end a 20,000-image run; logged and recorded
@@ -406,8 +424,8 @@ def amplify_batch(batch: list[Job], ctx: dict) -> tuple[list[dict], float]:
             device
         )  # (B, R, R)
         with torch.no_grad():
-            target = generate(ctx["models"], cfg, source, mask, [j.seed for j in valid])
-        weights = ctx["settings"]["region_weights"]
+            target = generate(ctx.models, cfg, source, mask, [j.seed for j in valid])
+        weights = ctx.settings["region_weights"]
         for job, image in zip(valid, to_uint8(target)):
             face = prepared[job.input_name]
             targets.append(keep_source_outside_makeup(face.source, image, face.mask, weights))
@@ -416,11 +434,11 @@ def amplify_batch(batch: list[Job], ctx: dict) -> tuple[list[dict], float]:
     records = []
     by_job = dict(zip((j.index for j in valid), targets))
     for job in batch:
-        if job.index not in ctx["pending"]:
+        if job.index not in ctx.pending:
             continue
         face = prepared[job.input_name]
         record = {"input": job.input_name, "name": job.name, "variant": job.variant, "seed": job.seed}
-        record.update(ctx["settings"])
+        record.update(ctx.settings)
         if isinstance(face, PreparedFace):
             write_pair(out_dir, job.name, face, by_job[job.index])
             seconds = face.seconds / sum(j.input_name == job.input_name for j in valid) + dda_seconds / len(valid)
@@ -439,7 +457,7 @@ def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolut
     out_dir = Path(cfg.output_dir)
     jobs = plan_jobs(Path(cfg.input_dir), cfg.num_images, int(cfg.variants_per_face), int(cfg.seed))
     if not jobs:
-        raise SystemExit(f"error: no images in {cfg.input_dir} (config key 'input_dir')")
+        raise ConfigError(f"no images in {cfg.input_dir} (config key 'input_dir')")
     resolve_sampling(cfg, models[str(cfg.checkpoint)])
     settings = run_settings(cfg, resolution)
     records = load_manifest(out_dir)
@@ -453,8 +471,7 @@ def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolut
     }
     limit = int(cfg.max_new_pairs)
     limit = math.inf if limit < 0 else math.ceil(limit / world)
-    ctx = dict(cfg=cfg, out_dir=out_dir, device=accelerator.device, resolution=resolution, models=models)
-    ctx.update(aligner=aligner, parser=parser, settings=settings, pending=pending)
+    ctx = AmplifyContext(cfg, out_dir, accelerator.device, resolution, models, aligner, parser, settings, pending)
     if accelerator.is_main_process:
         log.info("%d pairs planned from %s; %d to make (%d processes)", len(jobs), cfg.input_dir, len(pending), world)
 
@@ -565,8 +582,8 @@ def finish(cfg, jobs, merged, counts, seconds, world, resolution) -> dict:
 # Building the models
 # --------------------------------------------------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
-    def bad(key: str, why: str) -> SystemExit:
-        return SystemExit(f"error: config key '{key}' {why}")
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' {why}")
 
     if cfg.scheduler is not None and str(cfg.scheduler) not in SCHEDULERS:
         raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)} or null, not '{cfg.scheduler}'")
@@ -594,13 +611,13 @@ def model_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if name not in ("float32", "float16", "bfloat16"):
-        raise SystemExit(f"error: config key 'model.dtype' must be auto, float32, float16 or bfloat16, not '{name}'")
+        raise ConfigError(f"config key 'model.dtype' must be auto, float32, float16 or bfloat16, not '{name}'")
     return getattr(torch, name)
 
 
 def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     """One DDA per distinct style checkpoint, and the output resolution (the DDA's when not set)."""
-    from models.dda import load_dda
+    from models.dda_io import load_dda
 
     dtype = model_dtype(str(cfg.model.dtype), device)
     models = {}
@@ -654,4 +671,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -49,19 +49,23 @@ from common import (
     parse_resumable_args,
     prepare_run_dir,
     require_dir,
+    run_cli,
     save_checkpoint,
     seed_everything,
     set_rng_state,
     to_uint8,
 )
 from data.io import ImageReadError, list_images, read_rgb, resize_rgb
-from data.paired import EYE, LIPS, SKIN, DatasetError, PairedDataset, scan_pairs
-from losses import EyelinerLoss, L1Loss
-from models.dda import DDA, build_dda
+from data.paired import SKIN, DatasetError, PairedDataset, scan_pairs
+from errors import CheckpointError, ConfigError, InputError
+from losses.dda import DDALoss
+from models.dda import DDA
+from models.dda_io import build_dda, save_lora
+from models.dda_optim import build_optimizer, prepare_training, train_step
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dda.yaml"
 SAMPLE_FACES = Path(__file__).resolve().parent / "data" / "samples" / "faces"
-REGION_LABELS = {"background": 0, "eyes": EYE, "lips": LIPS, "skin": SKIN}
+MIXED_PRECISION = ("fp16", "no")  # the values of model.mixed_precision
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,8 +101,8 @@ def _check_sizes(pairs) -> None:
     for pair in pairs:
         with Image.open(pair.source) as s, Image.open(pair.target) as t:
             if s.size != t.size:
-                raise SystemExit(
-                    f"error: pair '{pair.name}': {pair.source} is {s.size[0]}x{s.size[1]} but {pair.target} is "
+                raise InputError(
+                    f"pair '{pair.name}': {pair.source} is {s.size[0]}x{s.size[1]} but {pair.target} is "
                     f"{t.size[0]}x{t.size[1]}; a source and its target must be the same size (data.root)"
                 )
 
@@ -107,7 +111,7 @@ def build_data(cfg, run_dir: Path) -> tuple[PairedDataset, list]:
     try:
         scan = scan_pairs(cfg.data.root)
     except DatasetError as err:
-        raise SystemExit(f"error: config key 'data.root': {err}") from None
+        raise ConfigError(f"config key 'data.root': {err}") from None
     for line in scan.skipped + scan.warnings:
         log.warning("%s", line)
     pairs = scan.pairs[: cfg.data.num_pairs] if cfg.data.num_pairs > 0 else scan.pairs
@@ -123,7 +127,7 @@ def find_holdout_face(cfg, train_names: set[str]) -> Path | None:
     if cfg.data.holdout_face:
         path = Path(cfg.data.holdout_face)
         if not path.is_file():
-            raise SystemExit(f"error: config key 'data.holdout_face': file not found: {path}")
+            raise ConfigError(f"config key 'data.holdout_face': file not found: {path}")
         return path
     if SAMPLE_FACES.is_dir():
         faces = list_images(SAMPLE_FACES)
@@ -157,18 +161,23 @@ def load_holdout(path: Path | None, size: int) -> tuple[torch.Tensor, torch.Tens
 # Model, optimizer, losses
 # --------------------------------------------------------------------------------------------
 def build_model(cfg, device: torch.device) -> tuple[DDA, bool]:
-    use_fp16 = device.type == "cuda" and cfg.model.mixed_precision == "fp16"
-    if cfg.model.mixed_precision not in ("fp16", "no"):
-        raise SystemExit("error: config key 'model.mixed_precision' must be fp16 or no")
+    precision = mixed_precision(cfg)
+    use_fp16 = device.type == "cuda" and precision == "fp16"
     dda = build_dda(cfg, device=device, dtype=torch.float16 if use_fp16 else torch.float32)
-    dda.set_trainable()
-    for group in dda.trainable_parameters().values():  # trainable weights stay fp32 (diffusers' cast_training_params)
-        for p in group:
-            p.data = p.data.float()
-    if cfg.model.gradient_checkpointing:
-        dda.unet.enable_gradient_checkpointing()
-        dda.vae.enable_gradient_checkpointing()
-    return dda, use_fp16
+    return prepare_training(dda, cfg.model.gradient_checkpointing), use_fp16
+
+
+def mixed_precision(cfg) -> str:
+    """`model.mixed_precision` as fp16 or no. YAML reads a bare `no` (as typed on the command line) as
+    false, which the string-typed key then holds as "False": that is `no` too."""
+    value = str(cfg.model.mixed_precision).strip().lower()
+    value = {"false": "no", "none": "no", "fp32": "no", "off": "no"}.get(value, value)
+    if value not in MIXED_PRECISION:
+        raise ConfigError(
+            f"config key 'model.mixed_precision' must be {' or '.join(MIXED_PRECISION)}, "
+            f"not {cfg.model.mixed_precision!r}"
+        )
+    return value
 
 
 def parameter_counts(dda: DDA) -> dict[str, int]:
@@ -179,68 +188,14 @@ def parameter_counts(dda: DDA) -> dict[str, int]:
     return counts
 
 
-def build_optimizer(cfg, dda: DDA) -> torch.optim.Adam:
-    groups = dda.trainable_parameters()
-    return torch.optim.Adam(
-        [
-            {"params": groups["lora"], "lr": cfg.train.lr, "name": "lora"},
-            {"params": groups["rdm_alpha"] + groups["fgmm"], "lr": cfg.train.scalar_lr, "name": "rdm_fgmm"},
-        ]
-    )
-
-
-class DDALoss(torch.nn.Module):
-    """Diffusion MSE + region-weighted L1 + Sobel eyeliner; returns the total and each term."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.diffusion_weight = float(cfg.loss.diffusion)
-        self.l1 = L1Loss(cfg.loss.l1)
-        self.eyeliner = EyelinerLoss(cfg.loss.eyeliner, eye_label=EYE)
-        table = torch.zeros(4)
-        for region, weight in cfg.loss.region_weights.items():
-            if region not in REGION_LABELS:
-                raise SystemExit(f"error: config key 'loss.region_weights.{region}': unknown region")
-            table[REGION_LABELS[region]] = float(weight)
-        self.register_buffer("region_table", table)
-
-    def forward(self, out: dict, target: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> dict:
-        terms = {
-            "diffusion": self.diffusion_weight * torch.nn.functional.mse_loss(out["noise_pred"], out["noise_target"])
-        }
-        pixel_weight = self.region_table.to(mask.device)[mask].unsqueeze(1)  # (B, 1, H, W)
-        terms["l1"] = self.l1(out["composite"], target, pixel_weight=pixel_weight)
-        terms["eyeliner"] = self.eyeliner(out["composite"], target, mask, has_mask)
-        terms["total"] = sum(terms.values())
-        return terms
-
-
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
 def train_epoch(dda, loader, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress) -> dict:
-    device = dda.device
     totals: dict[str, float] = {}
     for batch in loader:
-        source, target = batch["source"].to(device), batch["target"].to(device)
-        has_mask = batch["has_mask"].to(device)
-        # A pair with no mask is all skin for FGMM (its eyeliner loss then covers the whole image).
-        mask = torch.where(
-            has_mask.view(-1, 1, 1), batch["mask"].to(device), torch.full_like(batch["mask"], SKIN).to(device)
-        )
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
-            out = dda.training_forward(source, target, mask)
-            terms = loss_fn(out, target, mask, has_mask)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(terms["total"]).backward()
-        scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        dda.clamp_scalars()  # alpha in [0, 1], region weights >= 0 (models/dda.py)
+        values = train_step(dda, batch, loss_fn, optimizer, scaler, cfg.train.grad_clip, use_fp16)
         state["global_step"] += 1
-        values = {k: float(v.detach()) for k, v in terms.items()}
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v
         module_values = {"rdm_alpha": float(dda.rdm.alpha.detach())}
@@ -303,9 +258,7 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     """`--resume CKPT` without `--config` continues with the checkpoint's config (overrides on top), as stage 4."""
     args, cfg, ckpt = parse_resumable_args(__doc__, DEFAULT_CONFIG, argv)
     if ckpt is not None and ("dda" not in ckpt or "optimizer" not in ckpt):
-        raise SystemExit(
-            f"error: {args.resume} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)"
-        )
+        raise CheckpointError(f"{args.resume} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)")
     return args, cfg, ckpt
 
 
@@ -361,9 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
         "trainable: LoRA %(lora)d, RDM alpha %(rdm_alpha)d, FGMM %(fgmm)d = %(total_trainable)d; frozen %(frozen)d",
         counts,
     )
-    optimizer = build_optimizer(cfg, dda)
+    optimizer = build_optimizer(dda, cfg.train.lr, cfg.train.scalar_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
-    loss_fn = DDALoss(cfg).to(device)
+    loss_fn = DDALoss.from_config(cfg).to(device)
     state = {"global_step": 0, "seconds": 0.0, "steps_timed": 0}
     start_epoch = resume(resume_ckpt, args.resume, dda, optimizer, scaler, state) if resume_ckpt else 0
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=False)
@@ -400,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     save_checkpoint(
         {k: v for k, v in final.items() if k not in ("optimizer", "scaler", "rng")}, run_dir / "dda_final.pt"
     )
-    dda.save_lora(run_dir)
+    save_lora(dda, run_dir)
     summary = write_summary(
         run_dir, cfg, dda, pairs, counts, state, last_terms, holdout_path, cfg.train.epochs - start_epoch, use_fp16
     )
@@ -414,4 +367,4 @@ def _fmt(values: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

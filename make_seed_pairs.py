@@ -22,11 +22,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import REPO_ROOT, ConfigError, atomic_save_image, atomic_write_text, load_config, make_grid, setup_logging
+from common import (
+    REPO_ROOT,
+    atomic_save_image,
+    atomic_write_text,
+    load_config,
+    make_grid,
+    run_cli,
+    setup_logging,
+)
 from data.face_align import FaceAligner
 from data.face_parsing import FaceParser
 from data.io import ImageReadError, list_images, read_rgb
 from data.makeup_render import render_makeup
+from errors import ConfigError, InputError
 
 log = logging.getLogger("makeup")
 TEMPLATE_SCHEMA = REPO_ROOT / "configs" / "makeup" / "natural.yaml"
@@ -57,7 +66,7 @@ def load_template(path: str):
     try:
         return load_config(TEMPLATE_SCHEMA, config_path=path)
     except ConfigError as err:
-        raise SystemExit(f"error: makeup template: {err}") from None
+        raise ConfigError(f"makeup template: {err}") from None
 
 
 def existing_pairs(output: Path) -> set[str]:
@@ -85,10 +94,10 @@ def from_template(args, aligner: FaceAligner, parser: FaceParser, done: set[str]
     summary["template"] = {"path": str(args.template), "name": str(template.name)}
     faces_dir = Path(args.faces)
     if not faces_dir.is_dir():
-        raise SystemExit(f"error: faces folder not found: {faces_dir}")
+        raise InputError(f"faces folder not found: {faces_dir}")
     files = list_images(faces_dir)
     if not files:
-        raise SystemExit(f"error: no images in {faces_dir}")
+        raise InputError(f"no images in {faces_dir}")
     order = [files[i] for i in np.random.default_rng(args.seed).permutation(len(files))]
     made = sorted(done)
     progress = tqdm(order, desc="seed pairs", unit="face", total=len(order))
@@ -127,7 +136,7 @@ def from_import(args, aligner: FaceAligner, parser: FaceParser, done: set[str], 
     before_dir, after_dir = (Path(p) for p in args.import_dirs)
     for folder in (before_dir, after_dir):
         if not folder.is_dir():
-            raise SystemExit(f"error: import folder not found: {folder}")
+            raise InputError(f"import folder not found: {folder}")
     before = {p.stem: p for p in list_images(before_dir)}
     after = {p.stem: p for p in list_images(after_dir)}
     for name in sorted(set(before) ^ set(after)):
@@ -221,9 +230,9 @@ def main(argv=None) -> dict:
     log.info("%d pair(s) in %s (%d new), %.1f s", len(names), args.output, summary["pairs_made"], summary["seconds"])
     if "error" in summary:
         skipped = "; ".join(f"{Path(s['file']).name} ({s['reason']})" for s in summary["skipped"][:8])
-        raise SystemExit(f"error: {summary['error']}" + (f"; skipped: {skipped}" if skipped else ""))
+        raise InputError(f"{summary['error']}" + (f"; skipped: {skipped}" if skipped else ""))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

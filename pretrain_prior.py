@@ -51,10 +51,12 @@ from common import (
     parse_stage_args,
     prepare_run_dir,
     psnr,
+    run_cli,
     save_checkpoint,
     seed_everything,
     to_uint8,
 )
+from errors import ConfigError, InputError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "prior.yaml"
 STATE_NAME = "prior_state.pt"
@@ -80,10 +82,10 @@ def load_faces(cfg, run_dir: Path) -> dict:
 
     train, train_images = prepared(list(cfg.data.train_dirs), "faces_train", None)
     if train_images is None:
-        raise SystemExit(f"error: config key 'data.train_dirs': no face found in {list(cfg.data.train_dirs)}")
+        raise ConfigError(f"config key 'data.train_dirs': no face found in {list(cfg.data.train_dirs)}")
     evaluation, eval_images = prepared([cfg.data.eval_dir], "faces_eval", int(cfg.data.eval_count))
     if eval_images is None:
-        raise SystemExit(f"error: config key 'data.eval_dir': no face found in {cfg.data.eval_dir}")
+        raise ConfigError(f"config key 'data.eval_dir': no face found in {cfg.data.eval_dir}")
     log.info(
         "faces: %d train (%d skipped), %d eval (%d skipped), %d px",
         len(train.names),
@@ -556,7 +558,7 @@ class Clock:
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
     if args.resume:
-        raise SystemExit("error: pretrain_prior.py resumes by itself from output_dir/prior_state.pt: drop --resume")
+        raise InputError("pretrain_prior.py resumes by itself from output_dir/prior_state.pt: drop --resume")
     run_dir = prepare_run_dir(cfg)
     seed_everything(int(cfg.seed))
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -613,4 +615,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common import run_cli
+from errors import MakeupError
+
 REPO = Path(__file__).resolve().parent
 SAMPLE_FACES = REPO / "data" / "samples" / "faces"
 FACE_PRIOR = REPO / "weights" / "face_prior"
@@ -230,9 +233,9 @@ def run_stage(stage: Stage, force: bool) -> float | None:
         code = process.wait()
     seconds = time.perf_counter() - start
     if code != 0:
-        raise SystemExit(f"error: {stage.title} failed (exit {code}); see {stage.log}")
+        raise MakeupError(f"{stage.title} failed (exit {code}); see {stage.log}")
     if not stage.done_marker.exists():
-        raise SystemExit(f"error: {stage.title} finished but wrote no {stage.done_marker}; see {stage.log}")
+        raise MakeupError(f"{stage.title} finished but wrote no {stage.done_marker}; see {stage.log}")
     return seconds
 
 
@@ -261,4 +264,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

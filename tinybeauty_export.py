@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write, atomic_write_text, from_uint8, load_checkpoint, log, psnr, setup_logging
+from common import atomic_write, atomic_write_text, from_uint8, load_checkpoint, log, psnr, run_cli, setup_logging
 from data.io import read_rgb, resize_rgb
 from data.paired import DatasetError, scan_pairs
+from errors import InputError
+from models.tinybeauty import load_tinybeauty
 from tinybeauty_inference import blend
-from tinybeauty_training import load_model_from_checkpoint
 
 INT8_LIMIT_KB = 100.0  # the seed's target for the phone model
 MAX_INT8_DROP_DB = 0.3
@@ -268,9 +269,7 @@ def real_faces(checkpoint: Path, data_root: str, size: int, n_calib: int, n_eval
     try:
         pairs = {p.name: p for p in scan_pairs(data_root, verify=False).pairs}
     except DatasetError as err:
-        raise SystemExit(
-            f"error: real faces are needed for calibration and the check: {err} (use --data ROOT)"
-        ) from None
+        raise InputError(f"real faces are needed for calibration and the check: {err} (use --data ROOT)") from None
     split_path = checkpoint.parent / "split.json"
     if split_path.is_file():
         split = json.loads(split_path.read_text())
@@ -299,7 +298,7 @@ def compare(reference: np.ndarray, other: np.ndarray, target: np.ndarray) -> dic
 def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib: int = 64, n_eval: int = 30,
            quant: str = "static", fmt: str = "qoperator") -> dict:  # fmt: skip
     state = load_checkpoint(checkpoint)
-    model = load_model_from_checkpoint(state, "cpu")
+    model = load_tinybeauty(state, "cpu")
     cfg = state["config"]
     size = int(cfg["data"]["size"])
     calib, sources, targets = real_faces(
@@ -405,4 +404,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

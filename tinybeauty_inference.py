@@ -37,17 +37,19 @@ from common import (
     get_device,
     load_checkpoint,
     log,
+    run_cli,
     setup_logging,
     to_uint8,
 )
 from data.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_rgb, resize_rgb
-from tinybeauty_training import load_model_from_checkpoint
+from errors import InputError
+from models.tinybeauty import load_tinybeauty
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, int]:
     """(model in eval mode, the resolution it was trained at) from a tinybeauty_*.pt file."""
     state = load_checkpoint(checkpoint)
-    model = load_model_from_checkpoint(state, device)
+    model = load_tinybeauty(state, device)
     return model, int(state["config"]["data"]["size"])
 
 
@@ -89,11 +91,11 @@ def collect_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         inputs = list_images(path)
         if not inputs:
-            raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+            raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
         return inputs
     if path.is_file():
         return [path]
-    raise SystemExit(f"error: input not found: {path}")
+    raise InputError(f"input not found: {path}")
 
 
 def face_aligner():
@@ -183,4 +185,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

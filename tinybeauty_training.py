@@ -5,7 +5,7 @@
     python tinybeauty_training.py --resume tinybeauty_model/tinybeauty_last.pt      # continue exactly
 
 Residual learning: the model predicts a makeup residual added to the face. Loss = L1 x 1.0 + Sobel
-eyeliner x 0.5 (eye region of the mask when present). Adam; warmup + cosine per step (or the seed's
+eyeliner x 0.5 (`losses/tinybeauty.py`) (eye region of the mask when present). Adam; warmup + cosine per step (or the seed's
 ReduceLROnPlateau on the validation loss with `train.scheduler=plateau`). Every epoch: validation loss,
 PSNR, SSIM, next to the identity PSNR (source vs target) on the same split. Every `train.sample_every`
 epochs: samples_epoch_{epoch}.png (source | prediction | target | amplified residual) on fixed faces.
@@ -46,6 +46,7 @@ from common import (
     prepare_run_dir,
     psnr,
     require_dir,
+    run_cli,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -53,11 +54,13 @@ from common import (
     to_uint8,
 )
 from data.paired import DatasetError, PairedDataset, scan_pairs, split_names, write_split
-from losses import EyelinerLoss, L1Loss
-from models.tinybeauty import MODELS, count_macs, model_size_kb
+from errors import ConfigError, InputError
+from losses.tinybeauty import TinyBeautyLoss
+from models.tinybeauty import build_tinybeauty, count_macs, model_size_kb
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tinybeauty.yaml"
 ARCH = "tinybeauty"
+LR_SCHEDULERS = ("cosine", "plateau")  # the values of train.scheduler
 CHECKPOINTS = {
     "best_loss": "tinybeauty_best_loss.pt",
     "best_psnr": "tinybeauty_best_psnr.pt",
@@ -87,13 +90,13 @@ def check_config(cfg: DictConfig) -> None:
         ("train.epochs", cfg.train.epochs >= 1, "at least 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "at least 1"),
         ("train.lr", cfg.train.lr > 0, "positive"),
-        ("train.scheduler", cfg.train.scheduler in ("cosine", "plateau"), "cosine or plateau"),
+        ("train.scheduler", cfg.train.scheduler in LR_SCHEDULERS, " or ".join(LR_SCHEDULERS)),
         ("train.sample_every", cfg.train.sample_every >= 1, "at least 1"),
         ("train.stop_after", cfg.train.stop_after >= 0, "0 or more"),
     ]  # fmt: skip
     for key, ok, expected in rules:
         if not ok:
-            raise SystemExit(f"error: config key '{key}' must be {expected}, got {OmegaConf.select(cfg, key)!r}")
+            raise ConfigError(f"config key '{key}' must be {expected}, got {OmegaConf.select(cfg, key)!r}")
     model = build_model(cfg)  # a bad model.* value stops here, before any data is read
     # Each pooling level halves the image (and the space_to_depth stem once more): a size that does not
     # divide evenly leaves skip and upsampled maps of different sizes, which crash in forward.
@@ -105,8 +108,8 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ((allow_zero and value == 0) or (value >= factor and value % factor == 0)):
             zero = "0 or " if allow_zero else ""
-            raise SystemExit(
-                f"error: config key '{key}' must be {zero}a positive multiple of {factor} ({why}), got {value!r}"
+            raise ConfigError(
+                f"config key '{key}' must be {zero}a positive multiple of {factor} ({why}), got {value!r}"
             )
 
 
@@ -117,14 +120,14 @@ def build_data(cfg: DictConfig, run_dir: Path) -> tuple[PairedDataset, PairedDat
     try:
         scan = scan_pairs(cfg.data.root)
     except DatasetError as err:
-        raise SystemExit(f"error: {err} (config key 'data.root')") from None
+        raise ConfigError(f"{err} (config key 'data.root')") from None
     for line in scan.skipped:
         log.warning("skipped: %s", line)
     for line in scan.warnings:
         log.warning("%s", line)
     log.info("pairs: %d usable, %d skipped in %s", len(scan.pairs), len(scan.skipped), cfg.data.root)
     if len(scan.pairs) < 2:
-        raise SystemExit(f"error: {cfg.data.root} has {len(scan.pairs)} usable pair(s); need 2 or more to validate")
+        raise InputError(f"{cfg.data.root} has {len(scan.pairs)} usable pair(s); need 2 or more to validate")
     by_name = {pair.name: pair for pair in scan.pairs}
     train_names, val_names = split_names(list(by_name), cfg.data.val_fraction, cfg.seed)
     write_split(run_dir / "split.json", train_names, val_names, cfg.seed)
@@ -146,10 +149,7 @@ def build_data(cfg: DictConfig, run_dir: Path) -> tuple[PairedDataset, PairedDat
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    try:
-        return MODELS[ARCH](**config_to_dict(cfg.model))
-    except (ValueError, TypeError) as err:
-        raise SystemExit(f"error: config key 'model': {err}") from None
+    return build_tinybeauty(config_to_dict(cfg.model), ARCH)
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -197,21 +197,6 @@ def random_crop(batch: dict, size: int) -> dict:
         "target": batch["target"][window],
         "mask": batch["mask"][window],
     }
-
-
-class Losses(torch.nn.Module):
-    """L1 x l1_weight + eyeliner x eyeliner_weight; returns the total and each named term."""
-
-    def __init__(self, cfg: DictConfig):
-        super().__init__()
-        self.l1 = L1Loss(cfg.loss.l1_weight)
-        self.eyeliner = EyelinerLoss(cfg.loss.eyeliner_weight)
-
-    def forward(self, pred: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        l1 = self.l1(pred.float(), batch["target"])
-        eyeliner = self.eyeliner(pred.float(), batch["target"], batch["mask"], batch["has_mask"])
-        total = l1 + eyeliner
-        return total, {"loss": total.item(), "l1": l1.item(), "eyeliner": eyeliner.item()}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -329,15 +314,6 @@ def checkpoint_state(model, optimizer, scheduler, scaler, cfg, epoch, step, hist
     }
 
 
-def load_model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A TinyBeauty in eval mode from any tinybeauty_*.pt (inference, export and bench use this)."""
-    if state.get("arch") not in MODELS:
-        raise SystemExit(f"error: checkpoint is not a TinyBeauty checkpoint (arch {state.get('arch')!r})")
-    model = MODELS[state["arch"]](**state["model_kwargs"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
-
-
 # --------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, resume_state = parse_args(argv)
@@ -353,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("TinyBeauty: %d parameters, %.3f GMACs at %dx%d, %.1f KB fp32 / %.1f KB fp16 / %.1f KB int8",
              params, macs / 1e9, cfg.data.size, cfg.data.size, sizes["fp32"], sizes["fp16"], sizes["int8"])  # fmt: skip
 
-    losses = Losses(cfg)
+    losses = TinyBeautyLoss.from_config(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = len(epoch_loader(train_set, cfg, 0))
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
@@ -457,4 +433,4 @@ def write_summary(cfg, run_dir, history, best, data_info, params, macs, sizes, b
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

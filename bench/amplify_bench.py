@@ -38,7 +38,8 @@ SAMPLE_FACES = REPO_ROOT / "data" / "samples" / "faces"
 
 def build_dda(pretrained: str | Path, resolution: int, device: torch.device, dtype: torch.dtype):
     """A fresh DDA (LoRA rank 16 as stage 2 trains it) on the given base model."""
-    from models.dda import DDA, load_base_model
+    from models.dda import DDA
+    from models.sd_base import load_base_model
 
     base = load_base_model(str(pretrained), device=device, dtype=dtype)
     dda = DDA(base, prompt="a photo of a face with sks makeup", resolution=resolution).to(device).eval()

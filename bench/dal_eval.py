@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import atomic_write_text, from_uint8, load_checkpoint, log, to_uint8  # noqa: E402
+from common import atomic_write_text, from_uint8, log, to_uint8  # noqa: E402
 from data.io import list_images  # noqa: E402
 from data.makeup_truth import load_pairs, render_truth, score  # noqa: E402
 
@@ -102,7 +102,7 @@ def replicate_pairs(pairs_dir: Path, out_dir: Path, count: int) -> None:
 def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
     """The trained DDA on its own seed pairs at its training resolution, against their targets."""
     from data.io import resize_labels, resize_rgb
-    from models.dda import load_dda
+    from models.dda_io import load_dda
 
     dda = load_dda(dda_dir / "dda_final.pt")
     size = dda.resolution
@@ -124,9 +124,9 @@ def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
 
 @torch.no_grad()
 def tinybeauty_on(checkpoint: Path, truth: dict[str, tuple]) -> dict:
-    from tinybeauty_training import load_model_from_checkpoint
+    from models.tinybeauty import load_tinybeauty
 
-    model = load_model_from_checkpoint(load_checkpoint(checkpoint))
+    model = load_tinybeauty(checkpoint)
     preds, truths, sources, masks = [], [], [], []
     items = list(truth.values())
     for start in range(0, len(items), 16):

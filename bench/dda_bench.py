@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import WandbLogger, atomic_write_text, count_parameters, load_config  # noqa: E402
-from dda_training import DDALoss, build_optimizer, train_epoch  # noqa: E402
-from models.dda import DDA, frozen_base, load_base_model  # noqa: E402
+from common import atomic_write_text, count_parameters, load_config  # noqa: E402
+from losses.dda import DDALoss  # noqa: E402
+from models.dda import DDA  # noqa: E402
+from models.dda_optim import build_optimizer, prepare_training, train_step  # noqa: E402
+from models.sd_base import frozen_base, load_base_model  # noqa: E402
 
 
 def sd15_sized_base(tokenizer_source: Path, device, dtype) -> dict:
@@ -63,13 +64,7 @@ def time_steps(base: dict, cfg, device, use_fp16: bool, steps: int, warmup: int 
         strength=cfg.diffusion.strength,
         num_steps=cfg.diffusion.num_steps,
     )
-    dda.set_trainable()
-    for group in dda.trainable_parameters().values():
-        for p in group:
-            p.data = p.data.float()
-    if cfg.model.gradient_checkpointing:
-        dda.unet.enable_gradient_checkpointing()
-        dda.vae.enable_gradient_checkpointing()
+    prepare_training(dda, cfg.model.gradient_checkpointing)
     dda.train()
     res, batch_size = cfg.train.resolution, cfg.train.batch_size
     mask = torch.full((batch_size, res, res), 3, dtype=torch.long)
@@ -80,20 +75,22 @@ def time_steps(base: dict, cfg, device, use_fp16: bool, steps: int, warmup: int 
         "mask": mask,
         "has_mask": torch.ones(batch_size, dtype=torch.bool),
     }
-    optimizer = build_optimizer(cfg, dda)
+    optimizer = build_optimizer(dda, cfg.train.lr, cfg.train.scalar_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
-    loss_fn = DDALoss(cfg).to(device)
-    wandb = WandbLogger(cfg, tempfile.gettempdir())
-    state = {"global_step": 0}
-    with tqdm(disable=True) as progress:
-        train_epoch(dda, [batch] * warmup, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        train_epoch(dda, [batch] * steps, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    loss_fn = DDALoss.from_config(cfg).to(device)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            train_step(dda, batch, loss_fn, optimizer, scaler, cfg.train.grad_clip, use_fp16)
+
+    run(warmup)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    run(steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / steps
     result = {
         "resolution": res,

@@ -28,12 +28,19 @@ from statistics import median
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from common import count_parameters, get_device, load_checkpoint, load_config, setup_logging  # noqa: E402
-from models.tinybeauty import count_macs  # noqa: E402
+from common import config_to_dict, count_parameters, get_device, load_checkpoint, load_config, setup_logging  # noqa: E402
+from losses.tinybeauty import TinyBeautyLoss  # noqa: E402
+from models.tinybeauty import (  # noqa: E402
+    build_tinybeauty,
+    count_macs,  # noqa: E402
+    load_tinybeauty,
+)
 from tinybeauty_export import export_onnx, ort_session, quantize_int8  # noqa: E402
-from tinybeauty_training import DEFAULT_CONFIG, Losses, build_model, load_model_from_checkpoint  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "configs" / "tinybeauty.yaml"
 
 
 def time_it(fn, runs: int, warmup: int = 3) -> tuple[float, float]:
@@ -87,7 +94,7 @@ def ort_runner(path: Path, threads: int | None):
 def training_throughput(cfg, model: torch.nn.Module, device: torch.device, steps: int) -> float:
     """Images per second of full optimizer steps of `model` at the config's batch size and crop."""
     model = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
-    losses, optimizer = Losses(cfg), torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    losses, optimizer = TinyBeautyLoss.from_config(cfg), torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     crop = cfg.train.crop_size or cfg.data.size
     batch = {
         "source": torch.rand(cfg.train.batch_size, 3, crop, crop, device=device) * 2 - 1,
@@ -141,10 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint:
         state = load_checkpoint(args.checkpoint)
         cfg = load_config(DEFAULT_CONFIG, [f"data.size={state['config']['data']['size']}"])
-        model = load_model_from_checkpoint(state)
+        model = load_tinybeauty(state)
     else:
         cfg = load_config(DEFAULT_CONFIG)
-        model = build_model(cfg).eval()
+        model = build_tinybeauty(config_to_dict(cfg.model)).eval()
     size = cfg.data.size
     result = {
         "params": count_parameters(model),

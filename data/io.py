@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(InputError):
     """A file that is not a readable image. The message names the file and the reason."""
 
 

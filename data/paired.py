@@ -21,13 +21,14 @@ import torch
 from torch.utils.data import Dataset
 
 from data.io import ImageReadError, list_images, read_labels, read_rgb, resize_labels, resize_rgb
+from errors import InputError
 
 # The makeup-region map (the `mask/` folder): what FGMM weights and the eyeliner loss focuses on.
 BACKGROUND, EYE, LIPS, SKIN = 0, 1, 2, 3
 MAKEUP_LABELS = {"background": BACKGROUND, "eyes": EYE, "lips": LIPS, "skin": SKIN}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(InputError):
     """A dataset that cannot be used at all (missing folder, no pairs). The message names the path."""
 
 

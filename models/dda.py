@@ -1,7 +1,9 @@
 """The Diffusion-based Data Amplifier (DDA): Stable Diffusion 1.5 + LoRA + RDM + FGMM.
 
 TinyBeauty (ECCV 2024, Sec. 3.2). Stage 2 (`dda_training.py`) trains it on five before/after pairs;
-stage 3 (`dda_amplify.py`) loads it with `load_dda` and calls `DDA.img2img` on thousands of faces.
+stage 3 (`dda_amplify.py`) loads it with `models.dda_io.load_dda` and calls `DDA.img2img` on thousands
+of faces. This file is the module and its diffusion arithmetic only: loading SD 1.5 (hub id or folder)
+is `models/sd_base.py`, saving and loading a trained DDA is `models/dda_io.py`.
 
 How the source conditions the generation (image-to-image, as the official release):
 the source latent is noised to `strength` (0.3) and denoised with DDIM over the timesteps that
@@ -42,12 +44,7 @@ its own detail (the RDM idea applied across resolutions).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -56,113 +53,12 @@ from torch import nn
 from models.fgmm import FGMM, REGIONS
 from models.rdm import RDM
 
-DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]  # attention only, as diffusers' LoRA examples
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-DDA_MODULES_NAME = "dda_modules.json"  # RDM alpha, FGMM weights and settings next to the LoRA file
 SCHEDULERS = ("ddim", "euler_ancestral")
-
-
-# --------------------------------------------------------------------------------------------
-# Base model
-# --------------------------------------------------------------------------------------------
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `owner/name`; anything else (absolute, relative with ./ or deeper) is meant as a folder."""
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
-
-
-def _check_local_sd_folder(folder: Path, key: str) -> None:
-    missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / sub).is_dir()]
-    if missing:
-        raise SystemExit(
-            f"error: config key '{key}': {folder} is not a Stable Diffusion folder in the diffusers layout "
-            f"(missing {', '.join(s + '/' for s in missing)}); expected unet/, vae/, text_encoder/, tokenizer/, "
-            "scheduler/ (`python -m models.tiny_sd DIR` writes a tiny one for testing)"
-        )
-
-
-def load_base_model(
-    pretrained: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> dict:
-    """UNet, VAE, text encoder, tokenizer and training scheduler of SD 1.5 (a hub id or a local diffusers folder).
-
-    Loaded with the stock `from_pretrained` of each part. A missing path, a folder that is not an SD
-    folder, or a hub id that cannot be fetched (no network and not cached) stops with a message naming
-    `model.pretrained`.
-    """
-    key = "model.pretrained"
-    name = str(pretrained)
-    local = Path(name).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise SystemExit(f"error: config key '{key}': {local} is a file, not a diffusers model folder")
-        _check_local_sd_folder(local, key)
-        source = str(local)
-    elif _looks_like_path(name):
-        raise SystemExit(
-            f"error: config key '{key}': model folder not found: {local} (give a local SD 1.5 folder in the "
-            f"diffusers layout or a hub id such as {DEFAULT_PRETRAINED})"
-        )
-    else:
-        source = name
-    try:  # the local folder, or the hub id from the local cache
-        parts = _from_pretrained_parts(source, dtype, local_files_only=True)
-    except Exception as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
-        if Path(source).exists() or offline:
-            where = (
-                "the folder could not be read as a diffusers SD model"
-                if Path(source).exists()
-                else ("hub id not in the local cache and HF_HUB_OFFLINE is set")
-            )
-            raise SystemExit(
-                f"error: config key '{key}': could not load '{name}': {where} ({_first_line(err)})"
-            ) from None
-        try:  # not cached: try the hub once
-            parts = _from_pretrained_parts(source, dtype, local_files_only=False)
-        except Exception as err:
-            raise SystemExit(
-                f"error: config key '{key}': could not load '{name}' from the hub ({_first_line(err)}). With no "
-                "network, download it elsewhere and set model.pretrained to the local folder"
-            ) from None
-    return frozen_base(*parts, pretrained=name, device=device)
-
-
-def frozen_base(unet, vae, text_encoder, tokenizer, noise_scheduler, *, pretrained: str, device, dtype=None) -> dict:
-    """The base model's parts, frozen and on `device` (cast to `dtype` when given), as DDA takes them."""
-    for module in (unet, vae, text_encoder):
-        module.requires_grad_(False)
-        module.to(device)
-        if dtype is not None:
-            module.to(dtype)
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "noise_scheduler": noise_scheduler,
-        "pretrained": pretrained,
-    }
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
-def _from_pretrained_parts(source: str, dtype: torch.dtype, local_files_only: bool):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    common = {"local_files_only": local_files_only}
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common)
-    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common)
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common)
-    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
-    if tokenizer.model_max_length > 1000:  # transformers 5 leaves it unset unless the folder says 77
-        tokenizer.model_max_length = text_encoder.config.max_position_embeddings
-    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
-    return unet, vae, text_encoder, tokenizer, scheduler
+# The official release's sampling settings: what a DDA trains and samples with unless its config says otherwise.
+DEFAULT_STRENGTH = 0.3
+DEFAULT_NUM_STEPS = 10
+DEFAULT_SCHEDULER = "ddim"
 
 
 def add_lora(unet: nn.Module, rank: int, lora_alpha: float, target_modules: list[str] | None = None) -> None:
@@ -263,9 +159,9 @@ class DDA(nn.Module):
         lora_alpha: float = 16.0,
         rdm_alpha: float = 0.5,
         fgmm: dict[str, float] | None = None,
-        strength: float = 0.3,
-        num_steps: int = 10,
-        scheduler: str = "ddim",
+        strength: float = DEFAULT_STRENGTH,
+        num_steps: int = DEFAULT_NUM_STEPS,
+        scheduler: str = DEFAULT_SCHEDULER,
         lora_targets: list[str] | None = None,
     ):
         super().__init__()
@@ -628,135 +524,3 @@ class DDA(nn.Module):
         with torch.no_grad():
             self.rdm.alpha.copy_(state["rdm_alpha"])
         self.fgmm.load_state_dict(state["fgmm"])
-
-    def save_lora(self, folder: str | os.PathLike) -> Path:
-        """`pytorch_lora_weights.safetensors` (with peft adapter metadata) + `dda_modules.json`, atomically.
-
-        The adapter metadata (rank, lora_alpha, targets) travels inside the safetensors file, so
-        `pipe.load_lora_weights(folder)` rebuilds the same scale even when lora_alpha != rank.
-        """
-        from diffusers import StableDiffusionPipeline
-        from peft.utils import get_peft_model_state_dict
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=folder))
-        try:
-            StableDiffusionPipeline.save_lora_weights(
-                tmp,
-                unet_lora_layers=get_peft_model_state_dict(self.unet),
-                unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
-                safe_serialization=True,
-            )
-            (tmp / DDA_MODULES_NAME).write_text(json.dumps(self.settings(), indent=1))
-            os.replace(tmp / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
-            os.replace(tmp / DDA_MODULES_NAME, folder / DDA_MODULES_NAME)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return folder / LORA_WEIGHTS_NAME
-
-
-def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DDA:
-    """The DDA from a stage-2 config (`configs/dda.yaml`)."""
-    base = load_base_model(cfg.model.pretrained, device=device, dtype=dtype)
-    return DDA(
-        base,
-        prompt=str(cfg.model.prompt),
-        resolution=int(cfg.train.resolution),
-        lora_rank=int(cfg.lora.rank),
-        lora_alpha=float(cfg.lora.alpha),
-        rdm_alpha=float(cfg.rdm.alpha),
-        fgmm={name: float(cfg.fgmm[name]) for name in REGIONS},
-        strength=float(cfg.diffusion.strength),
-        num_steps=int(cfg.diffusion.num_steps),
-        scheduler=str(cfg.diffusion.scheduler),
-        lora_targets=list(cfg.lora.target_modules),
-    )
-
-
-def load_dda(
-    checkpoint: str | os.PathLike,
-    pretrained: str | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> DDA:
-    """A trained DDA, ready for `img2img`, from stage 2's output.
-
-    `checkpoint`: `dda_final.pt`, `dda_checkpoint_epoch_N.pt`, or a folder holding `dda_final.pt` or
-    `pytorch_lora_weights.safetensors` (+ `dda_modules.json` for alpha, FGMM weights and settings;
-    without it alpha is 1 and the FGMM weights 1, and `pretrained` must be given). `pretrained`
-    None: the base model recorded at training time.
-    """
-    path = Path(checkpoint)
-    if path.is_dir():
-        if (path / "dda_final.pt").is_file():
-            path = path / "dda_final.pt"
-        elif (path / LORA_WEIGHTS_NAME).is_file():
-            return _load_dda_folder(path, pretrained, device, dtype)
-        else:
-            raise SystemExit(f"error: {path} holds neither dda_final.pt nor {LORA_WEIGHTS_NAME}")
-    from common import load_checkpoint
-
-    state = load_checkpoint(path)
-    if "dda" not in state:
-        raise SystemExit(f"error: {path} is not a DDA checkpoint (no 'dda' entry); expected dda_training.py output")
-    settings = state["dda"]["settings"]
-    base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
-    dda = _dda_from_settings(settings, base)
-    dda.load_state(state["dda"])
-    dda.to(device)
-    return dda.eval()
-
-
-def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
-    from diffusers import StableDiffusionPipeline
-    from peft.utils import get_peft_model_state_dict
-
-    modules_file = folder / DDA_MODULES_NAME
-    if modules_file.is_file():
-        settings = json.loads(modules_file.read_text())
-    elif pretrained is None:
-        raise SystemExit(f"error: {folder} has no {DDA_MODULES_NAME}: give the base model (model.pretrained)")
-    else:
-        settings = {"pretrained": pretrained, "prompt": "", "resolution": 512, "rdm_alpha": 1.0, "fgmm": {}}
-    # Read the LoRA the way any diffusers pipeline does, then hand its weights to the DDA.
-    base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
-    pipe = StableDiffusionPipeline(
-        vae=base["vae"],
-        text_encoder=base["text_encoder"],
-        tokenizer=base["tokenizer"],
-        unet=base["unet"],
-        scheduler=base["noise_scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, adapter_name="default")
-    config = base["unet"].peft_config["default"]
-    lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(base["unet"]).items()}
-    base["unet"].delete_adapters("default")
-    settings.setdefault("lora_rank", config.r)
-    settings.setdefault("lora_alpha", config.lora_alpha)
-    settings.setdefault("lora_targets", sorted(config.target_modules))
-    dda = _dda_from_settings(settings, base)
-    dda.load_state(
-        {"lora": lora, "rdm_alpha": torch.tensor(float(settings["rdm_alpha"])), "fgmm": dda.fgmm.state_dict()}
-    )
-    dda.to(device)
-    return dda.eval()
-
-
-def _dda_from_settings(settings: dict, base: dict) -> DDA:
-    return DDA(
-        base,
-        prompt=settings.get("prompt", ""),
-        resolution=settings.get("resolution", 512),
-        lora_rank=settings["lora_rank"],
-        lora_alpha=settings["lora_alpha"],
-        rdm_alpha=settings.get("rdm_alpha", 1.0),
-        fgmm=settings.get("fgmm") or {},
-        strength=settings.get("strength", 0.3),
-        num_steps=settings.get("num_steps", 10),
-        scheduler=settings.get("scheduler", "ddim"),
-        lora_targets=settings.get("lora_targets"),
-    )

@@ -212,3 +212,33 @@ def count_macs(model: nn.Module, size: int = 256, channels: int = 3) -> int:
 def model_size_kb(num_params: int) -> dict[str, float]:
     """Weight storage at fp32, fp16 and int8 (parameters only; file formats add a few KB)."""
     return {name: round(num_params * nbytes / 1024, 1) for name, nbytes in (("fp32", 4), ("fp16", 2), ("int8", 1))}
+
+
+def build_tinybeauty(model_kwargs: dict, arch: str = "tinybeauty") -> nn.Module:
+    """A fresh model from the `model:` section of configs/tinybeauty.yaml (a bad value raises ConfigError)."""
+    from errors import ConfigError
+
+    try:
+        return MODELS[arch](**model_kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config key 'model': {err}") from None
+
+
+def load_tinybeauty(checkpoint, device: str | torch.device = "cpu") -> nn.Module:
+    """A TinyBeauty in eval mode from any tinybeauty_*.pt: a path (read without pickle, through
+    `common.load_checkpoint`) or an already loaded checkpoint dict. Inference, export and benches use this."""
+    from errors import CheckpointError
+
+    if isinstance(checkpoint, dict):
+        state, name = checkpoint, "checkpoint"
+    else:
+        from common import load_checkpoint
+
+        state, name = load_checkpoint(checkpoint), str(checkpoint)
+    if state.get("arch") not in MODELS or "model_kwargs" not in state or "model" not in state:
+        raise CheckpointError(
+            f"{name} is not a TinyBeauty checkpoint (arch {state.get('arch')!r}); expected tinybeauty_training.py output"
+        )
+    model = MODELS[state["arch"]](**state["model_kwargs"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

@@ -26,6 +26,7 @@ import dda_amplify as amp
 from common import load_config
 from data.io import read_labels, read_rgb
 from data.paired import PairedDataset, scan_pairs
+from errors import MakeupError
 from tests.conftest import REPO, SHARED_DATA
 
 RES = 64
@@ -330,12 +331,12 @@ def test_stop_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
 
 def test_resume_refuses_other_settings(inputs, accelerator, tmp_path):
     run_fake(inputs, tmp_path / "out", accelerator, "num_images=1")
-    with pytest.raises(SystemExit, match="strength"):
+    with pytest.raises(MakeupError, match="strength"):
         run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "strength=0.5")
-    with pytest.raises(SystemExit, match="seed"):
+    with pytest.raises(MakeupError, match="seed"):
         run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "seed=3")
     cfg = fake_cfg(inputs, tmp_path / "out", "num_images=1")
-    with pytest.raises(SystemExit, match="resolution"):
+    with pytest.raises(MakeupError, match="resolution"):
         amp.amplify(cfg, accelerator, {"fake.pt": FakeDDA()}, FakeAligner(), FakeParser(), RES // 2)
 
 
@@ -450,7 +451,7 @@ def test_config_errors_name_the_key(override, message, inputs, tmp_path):
     ckpt = tmp_path / "ok.pt"
     ckpt.write_bytes(b"")
     cfg = load_config(amp.DEFAULT_CONFIG, [f"checkpoint={ckpt}", f"input_dir={inputs}", override])
-    with pytest.raises(SystemExit, match=f"'{message}'"):
+    with pytest.raises(MakeupError, match=f"'{message}'"):
         amp.check_config(cfg)
 
 
@@ -458,7 +459,7 @@ def test_missing_input_dir(tmp_path):
     ckpt = tmp_path / "ok.pt"
     ckpt.write_bytes(b"")
     cfg = load_config(amp.DEFAULT_CONFIG, [f"checkpoint={ckpt}", f"input_dir={tmp_path / 'nope'}"])
-    with pytest.raises(SystemExit, match="input_dir"):
+    with pytest.raises(MakeupError, match="input_dir"):
         amp.check_config(cfg)
 
 
@@ -477,7 +478,8 @@ def tiny_dda_checkpoint(tmp_path_factory) -> Path:
     """
     pytest.importorskip("mediapipe")
     from common import save_checkpoint
-    from models.dda import DDA, load_base_model
+    from models.dda import DDA
+    from models.sd_base import load_base_model
     from models.tiny_sd import build_tiny_sd
 
     folder = tmp_path_factory.mktemp("tiny_dda")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from common import ConfigError, atomic_write_text, load_config, make_grid, psnr, ssim
+from tests.conftest import REPO
 
 DEFAULT = """
 seed: 0
@@ -101,3 +102,47 @@ def test_config_mapping_layer_is_checked_like_a_file(default_yaml):
     assert load_config(default_yaml, ["train.lr=0.5"], {"train": {"epochs": 7}}).train.epochs == 7
     with pytest.raises(ConfigError, match="epochz"):
         load_config(default_yaml, [], {"train": {"epochz": 7}})
+
+
+def _enumerated_keys() -> list[tuple[str, str, str]]:
+    """(default config, key, value) for every value of every enumerated key, from the code's own lists."""
+    import dda_training
+    import tinybeauty_training
+    from models import tinybeauty
+    from models.dda import SCHEDULERS
+
+    tb, dda, amp = "configs/tinybeauty.yaml", "configs/dda.yaml", "configs/dda_amplify.yaml"
+    table = {
+        (tb, "model.block"): tinybeauty.BLOCKS, (tb, "model.upsample"): tinybeauty.UPSAMPLES,
+        (tb, "model.norm"): tinybeauty.NORMS, (tb, "model.stem"): tinybeauty.STEMS, (tb, "model.skip"): tinybeauty.SKIPS,
+        (tb, "train.scheduler"): tinybeauty_training.LR_SCHEDULERS, (tb, "train.device"): ("auto", "cpu", "cuda"),
+        (tb, "wandb.mode"): ("offline", "online", "disabled"),
+        (dda, "model.mixed_precision"): dda_training.MIXED_PRECISION, (dda, "diffusion.scheduler"): SCHEDULERS,
+        (dda, "train.device"): ("auto", "cpu", "cuda"), (dda, "wandb.mode"): ("offline", "online", "disabled"),
+        (amp, "scheduler"): SCHEDULERS, (amp, "model.dtype"): ("auto", "float32", "float16", "bfloat16"),
+    }  # fmt: skip
+    return [(config, key, value) for (config, key), values in table.items() for value in values]
+
+
+@pytest.mark.parametrize("config,key,value", _enumerated_keys())
+def test_every_enumerated_value_arrives_as_typed_on_the_command_line(config, key, value):
+    from omegaconf import OmegaConf
+
+    cfg = load_config(REPO / config, [f"{key}={value}"])
+    assert OmegaConf.select(cfg, key) == value
+
+
+def test_mixed_precision_no_from_the_command_line_and_from_a_yaml_file(tmp_path):
+    """`model.mixed_precision=no` as a new user types it (YAML 1.1 reads a bare no as false)."""
+    import dda_training
+
+    for word in ("no", "No", "off"):
+        cfg = load_config(dda_training.DEFAULT_CONFIG, [f"model.mixed_precision={word}"])
+        assert dda_training.mixed_precision(cfg) == "no"
+    layer = tmp_path / "mine.yaml"
+    layer.write_text("model:\n  mixed_precision: no\n")
+    assert dda_training.mixed_precision(load_config(dda_training.DEFAULT_CONFIG, [], layer)) == "no"
+    with pytest.raises(ConfigError, match="model.mixed_precision' must be fp16 or no"):
+        dda_training.mixed_precision(load_config(dda_training.DEFAULT_CONFIG, ["model.mixed_precision=bf16"]))
+    # a bool-typed key still takes the YAML words as bools
+    assert load_config(REPO / "configs" / "tinybeauty.yaml", ["data.hflip=no"]).data.hflip is False

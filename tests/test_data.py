@@ -86,13 +86,31 @@ def test_split_is_deterministic_and_disjoint():
     assert split_names(names, 0.1, seed=4) != (train, val)
 
 
-def test_joint_flip_keeps_pairs_aligned(synthetic_pairs):
+def test_joint_flip_keeps_pairs_aligned(tmp_path):
+    """A lip box in the left third only: a flip that moved the images but not the mask (or the reverse)
+    would leave the mask on unchanged pixels, and both orientations must turn up."""
     import torch
+    from PIL import Image
 
-    dataset = PairedDataset(scan_pairs(synthetic_pairs).pairs, size=32, hflip=True)
+    root = tmp_path / "pairs"
+    for sub in ("source", "target", "mask"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    source = rng.integers(80, 180, (32, 32, 3)).astype(np.uint8)
+    mask = np.full((32, 32), 3, np.uint8)
+    mask[20:26, 2:11] = 2  # columns 2-10: its mirror (21-29) does not overlap it
+    target = source.copy()
+    target[mask == 2, 1] //= 2  # the lips darkened in green
+    for name, array in (("source", source), ("target", target), ("mask", mask)):
+        Image.fromarray(array).save(root / name / "face.png")
+
+    dataset = PairedDataset(scan_pairs(root).pairs, size=32, hflip=True)
     torch.manual_seed(0)
-    for _ in range(6):
+    sides = set()
+    for _ in range(12):
         item = dataset[0]
         lips = item["mask"] == 2
-        # the lips are darkened in green in the target: the mask must still point at them
-        assert (item["target"][1][lips] < item["source"][1][lips]).float().mean() > 0.9
+        changed = (item["target"] - item["source"]).abs().sum(0) > 0.05
+        assert torch.equal(lips, changed)  # the mask is exactly where the target differs
+        sides.add("left" if lips[:, :16].any() else "right")
+    assert sides == {"left", "right"}

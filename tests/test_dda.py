@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from common import psnr, to_uint8
+from errors import MakeupError
 from tests.conftest import REPO, write_synthetic_pairs
 
 RES = 32  # tiny: latent 16x16
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_dda(tiny_sd, rank=4, lora_alpha=8.0, randomize_lora=True, seed=0):
-    from models.dda import DDA, load_base_model
+    from models.dda import DDA
+    from models.sd_base import load_base_model
 
     torch.manual_seed(seed)
     dda = DDA(
@@ -100,15 +102,15 @@ def test_tiny_sd_loads_as_a_pipeline(tiny_sd):
 
 
 def test_bad_pretrained_messages(tmp_path, monkeypatch):
-    from models.dda import load_base_model
+    from models.sd_base import load_base_model
 
-    with pytest.raises(SystemExit, match="model.pretrained.*not found"):
+    with pytest.raises(MakeupError, match="model.pretrained.*not found"):
         load_base_model(tmp_path / "missing")
     (tmp_path / "notsd").mkdir()
-    with pytest.raises(SystemExit, match="model.pretrained.*not a Stable Diffusion folder"):
+    with pytest.raises(MakeupError, match="model.pretrained.*not a Stable Diffusion folder"):
         load_base_model(tmp_path / "notsd")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SystemExit, match="model.pretrained.*could not load 'nobody/no-such-model'"):
+    with pytest.raises(MakeupError, match="model.pretrained.*could not load 'nobody/no-such-model'"):
         load_base_model("nobody/no-such-model")
 
 
@@ -183,10 +185,10 @@ def test_lora_reloads_bit_identically_into_fresh_pipeline(tiny_sd, tmp_path):
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
-    from models.dda import load_dda
+    from models.dda_io import load_dda, save_lora
 
     dda = make_dda(tiny_sd, rank=4, lora_alpha=8.0)  # lora_alpha != rank: needs the saved metadata
-    dda.save_lora(tmp_path)
+    save_lora(dda, tmp_path)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
     pipe.load_lora_weights(tmp_path)
     (adapter,) = pipe.unet.peft_config  # diffusers names it default_0
@@ -207,44 +209,52 @@ def test_lora_reloads_bit_identically_into_fresh_pipeline(tiny_sd, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def test_loss_falls_on_five_pairs_over_30_steps(tiny_sd, pairs5):
-    from omegaconf import OmegaConf
+def test_real_train_epoch_lowers_the_loss_on_five_pairs_at_the_config_lr(pairs5):
+    """dda_training's own train_epoch, at the learning rates of the project's config for the shipped prior
+    (configs/demo/dda.yaml: LoRA 1e-3, scalars 1e-3), for 3 epochs of the five pairs (15 steps). Measured:
+    total 1.124 -> 0.956 (-15%), L1 + eyeliner 0.220 -> 0.209."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
 
-    from common import load_config
+    import dda_training
+    from common import load_config, seed_everything
     from data.paired import PairedDataset, scan_pairs
-    from dda_training import DDALoss
 
-    cfg = load_config(REPO / "configs" / "dda.yaml", cli_config(tiny_sd, pairs5, "unused", "train.lr=0.03"))
-    dda = make_dda(tiny_sd, randomize_lora=False)
-    dda.strength, dda.num_steps = 0.5, 4
-    dda.train()
-    loss_fn = DDALoss(cfg)
-    data = [PairedDataset(scan_pairs(pairs5).pairs, size=RES)[i] for i in range(5)]
-    batch = {k: torch.stack([d[k] for d in data]) for k in ("source", "target", "mask", "has_mask")}
+    overrides = [f"model.pretrained={REPO / 'weights' / 'face_prior'}", f"data.root={pairs5}", "output_dir=unused",
+                 "train.resolution=64", "wandb.mode=disabled"]  # fmt: skip
+    cfg = load_config(dda_training.DEFAULT_CONFIG, overrides, REPO / "configs" / "demo" / "dda.yaml")
+    assert cfg.train.lr == 1e-3 and cfg.train.scalar_lr == 1e-3  # the config's rates, not a test's own
+    seed_everything(0)
+    dda, use_fp16 = dda_training.build_model(cfg, torch.device("cpu"))
+    dataset = PairedDataset(scan_pairs(pairs5).pairs, size=64, hflip=False, cache=True)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
+    loss_fn = dda_training.DDALoss.from_config(cfg)
+    optimizer = dda_training.build_optimizer(dda, cfg.train.lr, cfg.train.scalar_lr)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    everything = {k: torch.stack([dataset[i][k] for i in range(5)]) for k in ("source", "target", "mask", "has_mask")}
 
-    def evaluate() -> float:  # fixed noise and timesteps
+    def evaluate() -> dict:  # fixed noise: the same draw before and after
         with torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
             out = dda.training_forward(
-                batch["source"], batch["target"], batch["mask"], generator=torch.Generator().manual_seed(0)
+                everything["source"], everything["target"], everything["mask"], generator=generator
             )
-            return float(loss_fn(out, batch["target"], batch["mask"], batch["has_mask"])["total"])
+            terms = loss_fn(out, everything["target"], everything["mask"], everything["has_mask"])
+        return {k: float(v) for k, v in terms.items()}
 
-    groups = dda.trainable_parameters()
-    optimizer = torch.optim.Adam(
-        [{"params": groups["lora"], "lr": cfg.train.lr}, {"params": groups["rdm_alpha"] + groups["fgmm"], "lr": 1e-2}]
-    )
-    before = evaluate()
-    for step in range(30):
-        i = step % 5
-        out = dda.training_forward(batch["source"][i : i + 1], batch["target"][i : i + 1], batch["mask"][i : i + 1])
-        loss = loss_fn(out, batch["target"][i : i + 1], batch["mask"][i : i + 1], batch["has_mask"][i : i + 1])["total"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    class NoLog:
+        def log(self, *args, **kwargs):
+            pass
+
+    dda.train()
+    before, state = evaluate(), {"global_step": 0}
+    with tqdm(disable=True) as progress:
+        for _ in range(3):
+            dda_training.train_epoch(dda, loader, loss_fn, optimizer, scaler, cfg, use_fp16, NoLog(), state, progress)
     after = evaluate()
-    # A random tiny UNet with a rank-4 LoRA moves slowly: 30 steps take about 7% off (measured)
-    assert after < 0.96 * before, (before, after)
-    assert float(dda.rdm.alpha.detach()) != 0.5 and OmegaConf.is_config(cfg)
+    assert state["global_step"] == 15
+    assert after["total"] < 0.93 * before["total"], (before, after)
+    assert after["l1"] + after["eyeliner"] < before["l1"] + before["eyeliner"], (before, after)
 
 
 def test_smoke_run_writes_every_output(tiny_sd, pairs5, tmp_path):
@@ -281,7 +291,7 @@ def test_smoke_run_writes_every_output(tiny_sd, pairs5, tmp_path):
     grid = Image.open(out / "sample_epoch_3.png")
     assert grid.width >= 3 * RES and grid.height >= 2 * RES  # the pair + the held-out face
     assert "trainable: LoRA" in result.stdout
-    from models.dda import load_dda
+    from models.dda_io import load_dda
 
     dda = load_dda(out / "dda_final.pt")  # the base model is the one recorded at training time
     assert dda.resolution == RES and dda.lora_alpha == 8.0
@@ -315,9 +325,9 @@ def test_resume_continues_exactly(tiny_sd, pairs5, tmp_path):
 def test_bad_data_messages(tiny_sd, tmp_path):
     import dda_training
 
-    with pytest.raises(SystemExit, match="data.root"):
+    with pytest.raises(MakeupError, match="data.root"):
         dda_training.main(cli_config(tiny_sd, tmp_path / "nothing", tmp_path / "o1"))
     root = write_synthetic_pairs(tmp_path / "pairs", n=1, size=RES)
     Image.new("RGB", (RES + 8, RES)).save(root / "target" / "face000.png")
-    with pytest.raises(SystemExit, match="face000.*same size"):
+    with pytest.raises(MakeupError, match="face000.*same size"):
         dda_training.main(cli_config(tiny_sd, root, tmp_path / "o2"))

@@ -92,7 +92,8 @@ def test_training_forward_decodes_where_sampling_ends(tiny_sd):
 
 
 def test_sampling_defaults_to_trained_settings_and_warns_on_override(tiny_sd, caplog):
-    from models.dda import DDA, load_base_model
+    from models.dda import DDA
+    from models.sd_base import load_base_model
 
     torch.manual_seed(0)
     dda = DDA(load_base_model(tiny_sd), prompt="sks", resolution=RES, lora_rank=4, strength=0.5, num_steps=4)
@@ -148,7 +149,7 @@ def test_resume_restores_checkpoint_config_and_conv_lora(tiny_sd, pairs5, tmp_pa
     """--resume without --config continues with the checkpoint's config; keys given again still apply."""
     import dda_training
     from common import load_checkpoint
-    from models.dda import load_dda
+    from models.dda_io import load_dda
 
     out = tmp_path / "run"
     targets = "lora.target_modules=[to_q,to_v,conv1,conv2]"

@@ -25,7 +25,7 @@ def trained(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("tb")
     root = write_synthetic_pairs(tmp / "pairs", n=12, size=32)
     main([f"data.root={root}", f"output_dir={tmp / 'run'}", "train.epochs=1", "train.lr=0.01", *FAST])
-    state = torch.load(tmp / "run" / "tinybeauty_final.pt", weights_only=False)
+    state = torch.load(tmp / "run" / "tinybeauty_final.pt", weights_only=True)
     assert state["model"]["head.weight"].abs().max() > 0
     return tmp / "run" / "tinybeauty_final.pt"
 
@@ -232,7 +232,7 @@ def test_onnx_intensity_is_an_optional_input(trained, tmp_path, int8_format):
     from tinybeauty_inference import blend, load_model
 
     # One epoch leaves a residual of ~0.005; a colour shift on top makes 0, 0.5, 1 and 1.5 far apart.
-    state = torch.load(trained, weights_only=False)
+    state = torch.load(trained, weights_only=True)
     state["model"]["head.bias"] += torch.tensor([0.2, -0.1, 0.05])
     checkpoint = tmp_path / "shifted.pt"
     torch.save(state, checkpoint)

@@ -92,13 +92,13 @@ def test_space_to_depth_residual_is_per_pixel():
 
 
 def test_checkpoint_without_the_new_keys_builds_the_previous_model():
-    """load_model_from_checkpoint calls TinyBeauty(**model_kwargs): old kwargs must give the old layout."""
-    from tinybeauty_training import load_model_from_checkpoint
+    """load_tinybeauty calls TinyBeauty(**model_kwargs): old kwargs must give the old layout."""
+    from models.tinybeauty import load_tinybeauty
 
     old = TinyBeauty(**OLD_KWARGS)
     assert old.stem == "full" and old.skip == "concat" and count_parameters(old) == 67_443
     state = {"arch": "tinybeauty", "model_kwargs": OLD_KWARGS, "model": old.state_dict()}
-    loaded = load_model_from_checkpoint(state)
+    loaded = load_tinybeauty(state)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded(x), old.eval()(x))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from errors import MakeupError
 from tests.conftest import SAMPLE_FACES
 
 SMALL = [
@@ -50,7 +51,7 @@ def run(faces, out, *extra):
 
 
 def test_time_slices_resume_and_the_folder_loads_as_sd(faces, tmp_path):
-    from models.dda import load_base_model
+    from models.sd_base import load_base_model
 
     out = tmp_path / "prior"
     first = run(faces, out, "stop_after=0.0001")  # stops at the first checkpoint
@@ -84,5 +85,5 @@ def test_no_face_anywhere_names_the_key(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(empty / "grey.png")
-    with pytest.raises(SystemExit, match="data.train_dirs"):
+    with pytest.raises(MakeupError, match="data.train_dirs"):
         run(empty, tmp_path / "out")

@@ -13,6 +13,7 @@ import make_seed_pairs
 from common import load_config
 from data.io import read_labels, read_rgb
 from data.makeup_render import template_regions
+from errors import MakeupError
 from tests.conftest import REPO, SAMPLE_FACES
 
 TEMPLATES = REPO / "configs" / "makeup"
@@ -53,7 +54,7 @@ def test_rerun_keeps_pairs_and_too_few_faces_names_files(tmp_path):
     args = ["--faces", str(faces), "--template", str(TEMPLATES / "natural.yaml"), "--output", str(out), "--size", "128"]
     first = make_seed_pairs.main([*args, "--num", "1"])
     assert first["pairs_made"] == 1
-    with pytest.raises(SystemExit, match=r"error: only 1 of 3 pairs") as failure:
+    with pytest.raises(MakeupError, match=r"only 1 of 3 pairs") as failure:
         make_seed_pairs.main([*args, "--num", "3"])
     assert "blank.png (no face found)" in str(failure.value) and "broken.jpg (not a readable image" in str(
         failure.value
@@ -66,7 +67,7 @@ def test_rerun_keeps_pairs_and_too_few_faces_names_files(tmp_path):
 def test_bad_template_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lipstick:\n  opacity: lots\n")
-    with pytest.raises(SystemExit, match="lipstick.opacity"):
+    with pytest.raises(MakeupError, match="lipstick.opacity"):
         make_seed_pairs.main(
             ["--faces", str(_faces(tmp_path)), "--template", str(bad), "--output", str(tmp_path / "o")]
         )
@@ -103,11 +104,11 @@ def test_import_pairs_and_each_error(tmp_path):
     source, target = read_rgb(out / "source" / "good.png"), read_rgb(out / "target" / "good.png")
     assert np.abs(source.astype(int) - target)[:60].max() <= 2 and np.abs(source.astype(int) - target).max() > 30
 
-    with pytest.raises(SystemExit, match="import folder not found"):
+    with pytest.raises(MakeupError, match="import folder not found"):
         make_seed_pairs.main(["--import", str(before), str(tmp_path / "nope"), "--output", str(out)])
     empty_b, empty_a = tmp_path / "eb", tmp_path / "ea"
     empty_b.mkdir(), empty_a.mkdir()
     (empty_b / "x.png").write_bytes(b"junk")
     (empty_a / "x.png").write_bytes(b"junk")
-    with pytest.raises(SystemExit, match=r"error: no usable before/after pairs.*x\.png"):
+    with pytest.raises(MakeupError, match=r"no usable before/after pairs.*x\.png"):
         make_seed_pairs.main(["--import", str(empty_b), str(empty_a), "--output", str(tmp_path / "o2")])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from errors import MakeupError
 from tests.conftest import REPO, write_synthetic_pairs
 
 # Tiny but real: 32x32 faces, the default model, two epochs.
@@ -57,7 +58,7 @@ def test_smoke_run_summary_and_checkpoints(smoke_run):
         assert key in summary, key
     assert summary["epochs"] == 2 and summary["completed"] is True
     assert summary["params"] <= 80_000 and summary["size_kb"]["int8"] < 100
-    state = torch.load(out / "tinybeauty_final.pt", weights_only=False)
+    state = torch.load(out / "tinybeauty_final.pt", weights_only=True)
     for key in ["model", "config", "epoch", "metrics", "optimizer", "scheduler", "scaler", "rng"]:
         assert key in state, key
     assert state["epoch"] == 2 and state["config"]["data"]["size"] == 32
@@ -81,8 +82,8 @@ def test_resume_gives_exactly_the_uninterrupted_result(tmp_path):
     assert not (tmp_path / "split" / "tinybeauty_final.pt").exists()
     main(["--resume", str(tmp_path / "split" / "tinybeauty_last.pt"), "train.stop_after=0"])
 
-    straight = torch.load(tmp_path / "straight" / "tinybeauty_final.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "split" / "tinybeauty_final.pt", weights_only=False)
+    straight = torch.load(tmp_path / "straight" / "tinybeauty_final.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "split" / "tinybeauty_final.pt", weights_only=True)
     for name, weight in straight["model"].items():
         assert torch.equal(weight, resumed["model"][name]), name
     assert [r["val_loss"] for r in straight["history"]] == [r["val_loss"] for r in resumed["history"]]
@@ -97,7 +98,7 @@ def test_resume_gives_exactly_the_uninterrupted_result(tmp_path):
 def test_bad_config_stops_with_the_key(override, key, tmp_path):
     from tinybeauty_training import main
 
-    with pytest.raises(SystemExit, match=key.replace(".", r"\.")):
+    with pytest.raises(MakeupError, match=key.replace(".", r"\.")):
         main([f"data.root={tmp_path}", f"output_dir={tmp_path / 'out'}", override])
 
 
@@ -107,7 +108,7 @@ def test_sizes_the_default_stem_cannot_run_name_the_key_and_the_factor(override,
     from tinybeauty_training import main
 
     key = override.split("=")[0]
-    with pytest.raises(SystemExit, match=rf"'{key}' must be .*multiple of 16 \(the model's downsampling factor"):
+    with pytest.raises(MakeupError, match=rf"'{key}' must be .*multiple of 16 \(the model's downsampling factor"):
         main([f"data.root={tmp_path}", f"output_dir={tmp_path / 'out'}", override])
 
 
@@ -123,7 +124,7 @@ def test_every_accepted_size_runs_forward(model):
         try:
             check_config(cfg)
             ok = True
-        except SystemExit as err:
+        except MakeupError as err:
             assert "data.size" in str(err)
             ok = False
         try:
@@ -163,6 +164,6 @@ def test_options_train(options, tmp_path):
     root = write_synthetic_pairs(tmp_path / "pairs", n=6, size=32)
     summary = main([f"data.root={root}", f"output_dir={tmp_path / 'run'}", "train.epochs=2", *FAST, *options])
     assert summary["completed"] and summary["final_val_psnr"] > 10
-    history = torch.load(tmp_path / "run" / "tinybeauty_final.pt", weights_only=False)["history"]
+    history = torch.load(tmp_path / "run" / "tinybeauty_final.pt", weights_only=True)["history"]
     if "train.scheduler=plateau" in options:  # the first epoch runs at the full rate, no warmup
         assert history[0]["lr"] == pytest.approx(1e-3)

@@ -1,0 +1,159 @@
+"""Saving and loading a trained DDA (stage 2's output, stage 3's input).
+
+Two forms, both written by `dda_training.py`:
+- `dda_final.pt` / `dda_checkpoint_epoch_N.pt`: the LoRA weights, RDM alpha, FGMM weights and the
+  settings (`DDA.state()`), read with `common.load_checkpoint` (weights only, never pickle);
+- `pytorch_lora_weights.safetensors` + `dda_modules.json`: the LoRA as any diffusers pipeline loads it
+  (`pipe.load_lora_weights(folder)`), with RDM alpha, FGMM weights and settings in plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import load_checkpoint
+from errors import CheckpointError, InputError
+from models.dda import DDA, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEFAULT_STRENGTH
+from models.fgmm import REGIONS
+from models.sd_base import load_base_model
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+DDA_MODULES_NAME = "dda_modules.json"  # RDM alpha, FGMM weights and settings next to the LoRA file
+
+
+def save_lora(dda: DDA, folder: str | os.PathLike) -> Path:
+    """`pytorch_lora_weights.safetensors` (with peft adapter metadata) + `dda_modules.json`, atomically.
+
+    The adapter metadata (rank, lora_alpha, targets) travels inside the safetensors file, so
+    `pipe.load_lora_weights(folder)` rebuilds the same scale even when lora_alpha != rank.
+    """
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=folder))
+    try:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=get_peft_model_state_dict(dda.unet),
+            unet_lora_adapter_metadata=dda.unet.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
+        (tmp / DDA_MODULES_NAME).write_text(json.dumps(dda.settings(), indent=1))
+        os.replace(tmp / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
+        os.replace(tmp / DDA_MODULES_NAME, folder / DDA_MODULES_NAME)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / LORA_WEIGHTS_NAME
+
+
+def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DDA:
+    """The DDA from a stage-2 config (`configs/dda.yaml`)."""
+    base = load_base_model(cfg.model.pretrained, device=device, dtype=dtype)
+    return DDA(
+        base,
+        prompt=str(cfg.model.prompt),
+        resolution=int(cfg.train.resolution),
+        lora_rank=int(cfg.lora.rank),
+        lora_alpha=float(cfg.lora.alpha),
+        rdm_alpha=float(cfg.rdm.alpha),
+        fgmm={name: float(cfg.fgmm[name]) for name in REGIONS},
+        strength=float(cfg.diffusion.strength),
+        num_steps=int(cfg.diffusion.num_steps),
+        scheduler=str(cfg.diffusion.scheduler),
+        lora_targets=list(cfg.lora.target_modules),
+    )
+
+
+def load_dda(
+    checkpoint: str | os.PathLike,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> DDA:
+    """A trained DDA, ready for `img2img`, from stage 2's output.
+
+    `checkpoint`: `dda_final.pt`, `dda_checkpoint_epoch_N.pt`, or a folder holding `dda_final.pt` or
+    `pytorch_lora_weights.safetensors` (+ `dda_modules.json` for alpha, FGMM weights and settings;
+    without it alpha is 1 and the FGMM weights 1, and `pretrained` must be given). `pretrained`
+    None: the base model recorded at training time.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        if (path / "dda_final.pt").is_file():
+            path = path / "dda_final.pt"
+        elif (path / LORA_WEIGHTS_NAME).is_file():
+            return _load_dda_folder(path, pretrained, device, dtype)
+        else:
+            raise InputError(f"{path} holds neither dda_final.pt nor {LORA_WEIGHTS_NAME}")
+
+    state = load_checkpoint(path)
+    if "dda" not in state:
+        raise CheckpointError(f"{path} is not a DDA checkpoint (no 'dda' entry); expected dda_training.py output")
+    settings = state["dda"]["settings"]
+    base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
+    dda = _dda_from_settings(settings, base)
+    dda.load_state(state["dda"])
+    dda.to(device)
+    return dda.eval()
+
+
+def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    modules_file = folder / DDA_MODULES_NAME
+    if modules_file.is_file():
+        settings = json.loads(modules_file.read_text())
+    elif pretrained is None:
+        raise InputError(f"{folder} has no {DDA_MODULES_NAME}: give the base model (model.pretrained)")
+    else:
+        settings = {"pretrained": pretrained, "prompt": "", "resolution": 512, "rdm_alpha": 1.0, "fgmm": {}}
+    # Read the LoRA the way any diffusers pipeline does, then hand its weights to the DDA.
+    base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
+    pipe = StableDiffusionPipeline(
+        vae=base["vae"],
+        text_encoder=base["text_encoder"],
+        tokenizer=base["tokenizer"],
+        unet=base["unet"],
+        scheduler=base["noise_scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS_NAME, adapter_name="default")
+    config = base["unet"].peft_config["default"]
+    lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(base["unet"]).items()}
+    base["unet"].delete_adapters("default")
+    settings.setdefault("lora_rank", config.r)
+    settings.setdefault("lora_alpha", config.lora_alpha)
+    settings.setdefault("lora_targets", sorted(config.target_modules))
+    dda = _dda_from_settings(settings, base)
+    dda.load_state(
+        {"lora": lora, "rdm_alpha": torch.tensor(float(settings["rdm_alpha"])), "fgmm": dda.fgmm.state_dict()}
+    )
+    dda.to(device)
+    return dda.eval()
+
+
+def _dda_from_settings(settings: dict, base: dict) -> DDA:
+    return DDA(
+        base,
+        prompt=settings.get("prompt", ""),
+        resolution=settings.get("resolution", 512),
+        lora_rank=settings["lora_rank"],
+        lora_alpha=settings["lora_alpha"],
+        rdm_alpha=settings.get("rdm_alpha", 1.0),
+        fgmm=settings.get("fgmm") or {},
+        strength=settings.get("strength", DEFAULT_STRENGTH),
+        num_steps=settings.get("num_steps", DEFAULT_NUM_STEPS),
+        scheduler=settings.get("scheduler", DEFAULT_SCHEDULER),
+        lora_targets=settings.get("lora_targets"),
+    )
