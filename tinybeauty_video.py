@@ -24,7 +24,8 @@ Frames without a face are written as decoded. Decoding, tracking, the model with
 encoding run in four threads, each a frame or more ahead of the next (OpenCV, MediaPipe and ONNX
 Runtime let go of the GIL). An unreadable video stops with a message naming the file; a truncated or
 corrupt one stops where it breaks, and the message says that the frames processed so far are in the
-output, a valid video. The model runs with one thread by default: two compete with the pipeline's own.
+output, a valid video (exit status 2, as for every input error). The model runs with one thread by
+default: two compete with the pipeline's own.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from common import atomic_write_text, load_config, log, setup_logging
+from common import atomic_write_text, load_config, log, run_cli, setup_logging
 from data.face_align import FaceAligner, feather_mask
+from errors import ConfigError, InputError, ModelError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "video.yaml"
 CODECS = {".mp4": "mp4v", ".mov": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
@@ -59,7 +61,7 @@ RIGID_LANDMARKS = [33, 133, 362, 263, 1, 2, 4, 5, 6, 168, 195, 197, 98, 327, 10,
 THUMB = 32  # side of the grey thumbnail that tells whether a tracked face moved
 
 
-class VideoReadError(Exception):
+class VideoReadError(InputError):
     """A video that cannot be read to its end. `summary` describes the frames written before it broke
     (None when nothing was written)."""
 
@@ -84,14 +86,14 @@ class MakeupModel:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"model not found: {path}")
+            raise ModelError(f"model not found: {path}")
         if engine not in ("onnxruntime", "torch"):
-            raise ValueError(f"engine must be onnxruntime or torch, not '{engine}'")
+            raise ConfigError(f"config key 'engine' must be onnxruntime or torch, not '{engine}'")
         self.path, self.engine, self.intensity = path, engine, check_intensity(intensity)
         self.threads = int(threads)
         if path.suffix == ".onnx":
             if engine == "torch":
-                raise ValueError(f"{path} is an ONNX file: engine=torch needs a .pt checkpoint")
+                raise ConfigError(f"{path} is an ONNX file: engine=torch needs a .pt checkpoint")
             self._onnx(path)
         elif engine == "onnxruntime":
             with tempfile.TemporaryDirectory() as tmp:  # ONNX Runtime reads the file once, at session start
@@ -530,7 +532,7 @@ class FrameWriter:
     def __init__(self, path: Path, info: VideoInfo, codec: str = "auto"):
         fourcc = CODECS.get(path.suffix.lower()) if codec == "auto" else codec
         if fourcc is None:
-            raise ValueError(f"no codec known for '{path.suffix}' ({', '.join(CODECS)}): set codec=FOURCC")
+            raise ConfigError(f"no codec known for '{path.suffix}' ({', '.join(CODECS)}): set codec=FOURCC")
         if info.width % 2 or info.height % 2:
             log.warning("the frames are %dx%d: OpenCV's writer drops an odd last row or column, the output is "
                         "%dx%d", info.width, info.height, info.width // 2 * 2, info.height // 2 * 2)  # fmt: skip
@@ -540,7 +542,7 @@ class FrameWriter:
         self.writer = cv2.VideoWriter(str(self.partial), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), info.fps,
                                       (info.width, info.height))  # fmt: skip
         if not self.writer.isOpened():
-            raise ValueError(f"OpenCV cannot write {fourcc} video to {path}: pick another suffix or codec=FOURCC")
+            raise ConfigError(f"OpenCV cannot write {fourcc} video to {path}: pick another suffix or codec=FOURCC")
         self._stage = Stage(self._encode, ahead=8)
 
     def _encode(self, frame: np.ndarray) -> None:
@@ -684,7 +686,7 @@ def log_summary(summary: dict) -> None:
 def run(model_path: str | Path, source: str | Path, output: str | Path, cfg: DictConfig) -> dict:
     source, output = Path(source), Path(output)
     if output.resolve() == source.resolve():
-        raise ValueError(f"the output would overwrite the input: {output}")
+        raise InputError(f"the output would overwrite the input: {output}")
     model = MakeupModel(model_path, cfg.engine, cfg.threads, cfg.intensity)
     log.info("model %s (%s, %d thread(s), intensity %g); %s -> %s", model_path, model.engine, model.threads,
              model.intensity, source, output)  # fmt: skip
@@ -706,21 +708,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(argv)
     setup_logging()
+    cfg = load_config(DEFAULT_CONFIG, args.overrides, args.config)
     try:
-        cfg = load_config(DEFAULT_CONFIG, args.overrides, args.config)
         summary = run(args.model, args.input, args.output, cfg)
     except VideoReadError as err:
-        if err.summary is not None:
+        if err.summary is not None:  # a partial output was written: say what is in it
             log_summary(err.summary)
             if args.summary:
                 atomic_write_text(args.summary, json.dumps(err.summary, indent=1))
-        raise SystemExit(f"error: {err}") from None
-    except (ValueError, FileNotFoundError, OSError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise
     if args.summary:
         atomic_write_text(args.summary, json.dumps(summary, indent=1))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -18,10 +18,12 @@ from bench.video_bench import (
     made_up_frames,
     write_clip,
 )
+from common import run_cli
 from tinybeauty_video import (
     DEFAULT_CONFIG,
     MakeupModel,
     OneEuroFilter,
+    VideoReadError,
     main,
     paste_change,
 )
@@ -125,15 +127,15 @@ def test_smoothing_steadies_the_makeup_on_a_slowly_moving_face(stand_in_onnx):
     assert change_on < change_off, figures
 
 
-def test_a_truncated_video_gives_the_message_and_a_valid_partial_output(stand_in_onnx, tmp_path):
+def test_a_truncated_video_gives_the_message_and_a_valid_partial_output(stand_in_onnx, tmp_path, capsys):
     frames, _, _ = face_clip(PHOTO, 320, 240, 16, 0)
     whole = write_clip(frames, tmp_path / "whole.avi", codec="MJPG")
     cut = tmp_path / "cut.avi"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     output = tmp_path / "out.avi"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--model", str(stand_in_onnx), "--input", str(cut), "--output", str(output)])
-    message = str(exit_info.value)
+    status = run_cli(main, ["--model", str(stand_in_onnx), "--input", str(cut), "--output", str(output)])
+    message = capsys.readouterr().err
+    assert status == 2 and message.startswith("error: ")
     written, _ = read_video(output)
     assert 0 < len(written) < 16
     assert str(cut) in message and str(output) in message and "valid video" in message
@@ -143,7 +145,7 @@ def test_a_truncated_video_gives_the_message_and_a_valid_partial_output(stand_in
 def test_an_unreadable_video_is_named_and_nothing_is_written(stand_in_onnx, tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video")
-    with pytest.raises(SystemExit, match=f"cannot read video {bad}"):
+    with pytest.raises(VideoReadError, match=f"cannot read video {bad}"):
         main(["--model", str(stand_in_onnx), "--input", str(bad), "--output", str(tmp_path / "out.mp4")])
     assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*"))
 
