@@ -108,3 +108,19 @@ def test_samples_with_a_mask_but_no_eye_pixels_are_left_out():
     assert nothing.item() == 0.0
     nothing.backward()  # still in the graph: a batch of eyeless faces does not break a training step
     assert pred.grad is not None and pred.grad.abs().max() == 0
+
+
+def test_charbonnier_lets_tiny_residuals_go_and_acts_as_l1_on_large_ones():
+    """Plain L1 pulls a pixel the target leaves unchanged back with a full unit gradient however small its
+    residual (what held TinyBeauty at the identity on sparse makeup); Charbonnier's pull fades to zero."""
+    from losses.l1 import L1Loss
+
+    target = torch.zeros(1, 3, 8, 8)
+    tiny = torch.full_like(target, 1e-3, requires_grad=True)
+    L1Loss()(tiny, target).backward()
+    l1_grad = tiny.grad.abs().max().item()
+    tiny.grad = None
+    L1Loss(eps=0.05)(tiny, target).backward()
+    assert tiny.grad.abs().max().item() < 0.05 * l1_grad
+    large = torch.full_like(target, 0.8)
+    assert abs(L1Loss(eps=0.05)(large, target).item() - 0.8) < 0.06
