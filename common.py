@@ -180,20 +180,27 @@ def seed_everything(seed: int) -> None:
 def get_rng_state() -> dict:
     """Python, numpy, torch (and CUDA) generator states as tensors and plain numbers, so a checkpoint
     that holds them loads with `torch.load(weights_only=True)`."""
-    version, words, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return rng_state_as_tensors(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+
+def rng_state_as_tensors(python: tuple, numpy: tuple, torch_state: torch.Tensor, cuda=None) -> dict:
+    """Python's `random.getstate()` and numpy's `get_state()` tuples in the layout `set_rng_state` reads
+    (also how convert_checkpoint.py rewrites the tuples older checkpoints held)."""
+    version, words, gauss = python
+    _, keys, pos, has_gauss, cached = numpy
     state = {
         "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
         "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),
         },
-        "torch": torch.get_rng_state(),
+        "torch": torch_state,
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda is not None:
+        state["cuda"] = list(cuda)
     return state
 
 

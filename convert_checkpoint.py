@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from common import load_checkpoint, log, run_cli, save_checkpoint, setup_logging
+from common import load_checkpoint, log, rng_state_as_tensors, run_cli, save_checkpoint, setup_logging
 from errors import CheckpointError
 
 PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
@@ -55,21 +55,7 @@ def legacy_rng(rng: dict) -> dict:
     """The old `get_rng_state()` layout (Python's and numpy's getstate() tuples) in the tensor layout."""
     if isinstance(rng.get("python"), dict):
         return rng  # already converted
-    version, words, gauss = rng["python"]
-    _, keys, pos, has_gauss, cached = rng["numpy"]
-    converted = {
-        "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": rng["torch"],
-    }
-    if "cuda" in rng:
-        converted["cuda"] = list(rng["cuda"])
-    return converted
+    return rng_state_as_tensors(rng["python"], rng["numpy"], rng["torch"], rng.get("cuda"))
 
 
 def migrate_config(config: dict) -> list[str]:

@@ -132,15 +132,15 @@ class MakeupModel:
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         source = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - 1  # (N, 3, S, S) in [-1, 1]
+        import torch
+
+        from tinybeauty_inference import blend
+
         if self.session is not None:
             makeup = self.session.run(None, {"source": source, **self._feed})[0]
-            if self._blend_here:
-                makeup = makeup * self.intensity + source * (1 - self.intensity)
+            if self._blend_here:  # an export without the intensity input: photo mode's blend
+                makeup = blend(torch.from_numpy(source), torch.from_numpy(makeup), self.intensity).numpy()
         else:
-            import torch
-
-            from tinybeauty_inference import blend
-
             with torch.no_grad():
                 x = torch.from_numpy(source)
                 makeup = blend(x, self.model(x).float(), self.intensity).numpy()

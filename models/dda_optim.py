@@ -44,7 +44,7 @@ def train_step(dda: DDA, batch: dict, loss_fn, optimizer, scaler, grad_clip: flo
     has_mask = batch["has_mask"].to(device)
     # A pair with no mask is all skin for FGMM (its eyeliner loss then covers the whole image).
     skin = torch.full_like(batch["mask"], MAKEUP_LABELS["skin"])
-    mask = torch.where(has_mask.cpu().view(-1, 1, 1), batch["mask"], skin).to(device)
+    mask = torch.where(batch["has_mask"].view(-1, 1, 1), batch["mask"], skin).to(device)
     with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
         out = dda.training_forward(source, target, mask)
         terms = loss_fn(out, target, mask, has_mask)
