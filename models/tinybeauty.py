@@ -50,17 +50,28 @@ class ConvUnit(nn.Module):
     as the equivalent 6x6 stride-2 conv (padding 2).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False, stride: int = 1):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        block: str,
+        norm: str,
+        reads_image: bool = False,
+        stride: int = 1,
+        dilation: int = 1,
+    ):
         super().__init__()
         bias = norm == "none"
         if block == "separable" and not reads_image:
             self.conv = nn.Sequential(
-                nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
+                nn.Conv2d(in_ch, in_ch, 3, padding=dilation, dilation=dilation, groups=in_ch, bias=False),
                 nn.Conv2d(in_ch, out_ch, 1, bias=bias),
             )
-        else:  # the layer reading the image stays a plain conv: a depthwise conv would see one colour
-            # (or, after space_to_depth, one colour of one pixel of each 2x2 block) at a time
+        elif reads_image:  # the layer reading the image stays a plain conv: a depthwise conv would see one
+            # colour (or, after space_to_depth, one colour of one pixel of each 2x2 block) at a time
             self.conv = nn.Conv2d(in_ch, out_ch, 3 * stride, stride=stride, padding=stride, bias=bias)
+        else:
+            self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation, bias=bias)
         self.norm = _norm(norm, out_ch)
         self.act = nn.ReLU(inplace=True)
 
@@ -69,11 +80,21 @@ class ConvUnit(nn.Module):
 
 
 class DoubleConv(nn.Sequential):
-    """Two conv units, as each U-Net level of the seed."""
+    """Two conv units, as each U-Net level of the seed; `dilation` widens the second one's 3x3."""
 
-    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, reads_image: bool = False, stride: int = 1):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        block: str,
+        norm: str,
+        reads_image: bool = False,
+        stride: int = 1,
+        dilation: int = 1,
+    ):
         super().__init__(
-            ConvUnit(in_ch, out_ch, block, norm, reads_image, stride), ConvUnit(out_ch, out_ch, block, norm)
+            ConvUnit(in_ch, out_ch, block, norm, reads_image, stride),
+            ConvUnit(out_ch, out_ch, block, norm, dilation=dilation),
         )
 
 
@@ -111,6 +132,7 @@ class TinyBeauty(nn.Module):
         residual_scale: float = 1.0,
         stem: str = "full",
         skip: str = "concat",
+        bottleneck_dilation: int = 1,
     ):
         # The defaults of `stem` and `skip` are the previous layout, so checkpoints saved before these
         # keys existed (their model_kwargs lack them) still build the same model; the config sets the new one.
@@ -123,6 +145,8 @@ class TinyBeauty(nn.Module):
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1 or bottleneck < 1:
             raise ValueError(f"model.widths must be positive channel counts, got {widths}")
+        if int(bottleneck_dilation) < 1:
+            raise ValueError(f"model.bottleneck_dilation must be 1 or more, got {bottleneck_dilation}")
         self.widths, self.residual_scale, self.stem, self.skip = widths, float(residual_scale), stem, skip
         fold = 2 if stem == "space_to_depth" else 1  # the stem's stride: (B, 3, H, W) -> (B, w_0, H/2, W/2)
 
@@ -132,7 +156,8 @@ class TinyBeauty(nn.Module):
             for i in range(len(widths))
         )
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = DoubleConv(widths[-1], bottleneck, block, norm)
+        # A dilated second conv at the coarsest level widens the receptive field at no cost in weights.
+        self.bottleneck = DoubleConv(widths[-1], bottleneck, block, norm, dilation=int(bottleneck_dilation))
         deeper = [bottleneck, *reversed(widths)]  # channels coming up from below each level
         self.upsamples = nn.ModuleList(Upsample(deeper[i], deeper[i + 1], upsample) for i in range(len(widths)))
         merged = 2 if skip == "concat" else 1

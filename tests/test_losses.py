@@ -124,3 +124,34 @@ def test_charbonnier_lets_tiny_residuals_go_and_acts_as_l1_on_large_ones():
     assert tiny.grad.abs().max().item() < 0.05 * l1_grad
     large = torch.full_like(target, 0.8)
     assert abs(L1Loss(eps=0.05)(large, target).item() - 0.8) < 0.06
+
+
+def _region_batch(has_mask: bool = True) -> dict:
+    """Two 8x8 faces: a lip patch (label 2) in a skin face (label 3); the error sits on the lips only."""
+    mask = torch.full((2, 8, 8), 3, dtype=torch.long)
+    mask[:, 2:4, 2:6] = 2
+    target = torch.zeros(2, 3, 8, 8)
+    target[:, :, 2:4, 2:6] = 0.5
+    return {"target": target, "mask": mask, "has_mask": torch.tensor([has_mask, has_mask])}
+
+
+def test_region_weights_scale_the_lips_share_of_the_l1():
+    from losses.tinybeauty import TinyBeautyLoss
+
+    batch, pred = _region_batch(), torch.zeros(2, 3, 8, 8)  # wrong only on the lips (8 of 64 pixels)
+    plain, _ = TinyBeautyLoss(eyeliner=0)(pred, batch)
+    weighted, _ = TinyBeautyLoss(eyeliner=0, region_weights={"lips": 4})(pred, batch)
+    assert plain.item() == pytest.approx(0.5 * 8 / 64)
+    assert weighted.item() == pytest.approx(0.5 * 4 * 8 / (4 * 8 + 56))  # normalised by the weights' sum
+    unmasked, _ = TinyBeautyLoss(eyeliner=0, region_weights={"lips": 4})(pred, _region_batch(has_mask=False))
+    assert unmasked.item() == pytest.approx(plain.item())  # no mask: plain L1
+
+
+def test_region_weights_reject_unknown_regions_and_negative_weights():
+    from errors import ConfigError
+    from losses.tinybeauty import TinyBeautyLoss
+
+    with pytest.raises(ConfigError, match="loss.region_weights.nose"):
+        TinyBeautyLoss(region_weights={"nose": 2})
+    with pytest.raises(ConfigError, match="loss.region_weights.lips"):
+        TinyBeautyLoss(region_weights={"lips": -1})

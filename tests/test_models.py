@@ -189,3 +189,21 @@ def test_onnx_export_matches_pytorch(stem, tmp_path):
     assert got.shape == expected.shape
     assert abs(got - expected).max() < 1e-4
     assert abs(expected - x.numpy()).max() > 0.01  # a non-trivial residual was compared
+
+
+def test_bottleneck_dilation_widens_the_receptive_field_with_the_same_weights():
+    plain, dilated = default_model(bottleneck_dilation=1), default_model(bottleneck_dilation=2)
+    assert count_parameters(plain) == count_parameters(dilated)
+    dilated.load_state_dict(plain.state_dict())  # same weights, only the dilation differs
+
+    def reach(model: TinyBeauty) -> int:
+        """Width (columns) of the input region that the residual's centre pixel depends on."""
+        nn.init.normal_(model.head.weight, std=1.0)
+        x = torch.zeros(1, 3, 256, 256, requires_grad=True)
+        model.residual(x)[0, :, 128, 128].sum().backward()
+        return int((x.grad.abs().sum((0, 1)) > 0).any(0).sum())
+
+    torch.manual_seed(0)
+    assert reach(dilated) > reach(plain) + 16  # measured: 170 -> 202 pixels wide
+    with pytest.raises(ValueError, match="model.bottleneck_dilation"):
+        TinyBeauty(bottleneck_dilation=0)
