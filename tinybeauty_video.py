@@ -3,6 +3,7 @@
     python tinybeauty_video.py --model export/tinybeauty_fp32.onnx --input clip.mp4 --output clip_makeup.mp4
     python tinybeauty_video.py --model tinybeauty_model/tinybeauty_best_psnr.pt --input clip.mp4 --output out.mp4
     python tinybeauty_video.py --model M --input clip.mp4 --output out.mkv intensity=0.7 smoothing.enabled=false
+    python tinybeauty_video.py --model M --input clip.mp4 --output out.mp4 smoothing.residual.enabled=false
 
 The output has the input's frame rate, size and number of frames. Its codec follows its suffix (.mp4 and
 .mov: mp4v, .avi: MJPG, .mkv: lossless FFV1; `codec=` picks another FourCC). OpenCV reads and writes
@@ -18,8 +19,11 @@ dropped and the log says so. configs/video.yaml holds every parameter. Per frame
    while the face is still (no jitter), hardly when it moves fast (no lag).
 4. TinyBeauty (ONNX Runtime by default; a .pt checkpoint is exported to ONNX first, `engine=torch` runs
    it in PyTorch) on the aligned crop. Its change, the clamped output minus the crop as in photo mode, is
-   warped back into the frame and added under a feathered edge: FaceAligner.paste_back's residual
-   method, with the feather applied before the warp (one warp instead of two; within a grey level).
+   low-passed over time in crop coordinates (ResidualFilter: the previous change carried along with the
+   face and blended with this one, strongly for a still face, hardly for a fast one or where the change
+   is large; a new face starts from its raw change), then warped back into the frame and added under a
+   feathered edge: FaceAligner.paste_back's residual method, with the feather applied before the warp
+   (one warp instead of two; within a grey level). `smoothing.enabled=false` turns off both smoothings.
 Frames without a face are written as decoded. Decoding, tracking, the model with its paste-back and
 encoding run in four threads, each a frame or more ahead of the next (OpenCV, MediaPipe and ONNX
 Runtime let go of the GIL). An unreadable video stops with a message naming the file; a truncated or
@@ -151,6 +155,20 @@ class MakeupModel:
 # --------------------------------------------------------------------------------------------
 # Tracking: crop transforms, their smoothing, the landmark model
 # --------------------------------------------------------------------------------------------
+def compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """The (2, 3) affine `first` after `then` (x -> first(then(x))), in plain arithmetic: a BLAS call (`@`,
+    np.linalg.inv) on these tiny matrices can cost milliseconds on a loaded machine, waking its threads."""
+    out = np.empty((2, 3))
+    out[:, :2] = first[:, :1] * then[:1, :2] + first[:, 1:2] * then[1:2, :2]
+    out[:, 2] = first[:, 0] * then[0, 2] + first[:, 1] * then[1, 2] + first[:, 2]
+    return out
+
+
+def _alpha(cutoff: float, rate: float) -> float:
+    """The weight of a new sample in a first-order low-pass at `cutoff` Hz sampled at `rate` Hz."""
+    return 1.0 / (1.0 + rate / (2 * math.pi * cutoff))
+
+
 class OneEuroFilter:
     """The One-Euro filter (Casiez, Roussel and Vogel, CHI 2012) on a vector sampled at `rate` Hz.
 
@@ -214,11 +232,21 @@ class Track:
     smoother: OneEuroFilter | None
     matrix: np.ndarray  # (2, 3) the smoothed photo -> crop affine: the crop the model gets
     thumb: np.ndarray  # (THUMB, THUMB) grey: the tracked crop at the last landmark run
+    key: int = 0  # the track's number in the video: a new number is a new face (its residual filter starts afresh)
     since_landmarks: int = 0
 
 
+@dataclass
+class FaceCrop:
+    """One face of one frame, as the tracker hands it to the model stage."""
+
+    matrix: np.ndarray  # (2, 3) the (smoothed) frame -> crop affine
+    key: int  # its track's number: the residual filter keeps one state per number
+
+
 class FaceTracker:
-    """The faces of a video frame after frame: `update(frame)` -> one smoothed photo -> crop affine per face."""
+    """The faces of a video frame after frame: `update(frame)` -> a FaceCrop (smoothed photo -> crop affine and
+    the track's number) per face."""
 
     def __init__(self, cfg: DictConfig, fps: float, size: int = 256):
         self.cfg, self.fps, self.size = cfg, float(fps), int(size)
@@ -227,11 +255,12 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._spare_meshes: list = []
         self._since_detection = math.inf
+        self._next_key = 0
         self.counts = {"detections": 0, "landmark_runs": 0, "faces_found": 0}
 
     # ---- per frame
-    def update(self, frame: np.ndarray) -> list[np.ndarray]:
-        """(H, W, 3) uint8 BGR frame -> the crop affine of each tracked face, largest first."""
+    def update(self, frame: np.ndarray) -> list[FaceCrop]:
+        """(H, W, 3) uint8 BGR frame -> the crop of each tracked face, largest first."""
         lost = False
         for track in list(self.tracks):
             if not self._follow(track, frame):
@@ -241,7 +270,7 @@ class FaceTracker:
         every = self.cfg.tracking.redetect_every if self.tracks else self.cfg.tracking.search_every
         if lost or self._since_detection >= every:
             self._detect(frame)
-        return [track.matrix for track in self.tracks]
+        return [FaceCrop(track.matrix, track.key) for track in self.tracks]
 
     def _follow(self, track: Track, frame: np.ndarray) -> bool:
         """Measure the face in this frame when it moved (or it is time), then smooth; False when it is lost."""
@@ -304,12 +333,14 @@ class FaceTracker:
             return None
         smoothing = self.cfg.smoothing
         smoother = None
-        if smoothing.enabled:
+        if smoothing.enabled and smoothing.transform:
             groups = [smoothing.position, smoothing.position, smoothing.scale, smoothing.angle]
             smoother = OneEuroFilter(self.fps, [g.min_cutoff for g in groups], [g.beta for g in groups],
                                      smoothing.d_cutoff)  # fmt: skip
         track = Track(params=params, reference=marks, mesh=mesh, unit=float(params[2]), smoother=smoother,
-                      matrix=face.matrix, thumb=thumbnail(frame, face.matrix, self.size))  # fmt: skip
+                      matrix=face.matrix, thumb=thumbnail(frame, face.matrix, self.size),
+                      key=self._next_key)  # fmt: skip
+        self._next_key += 1
         self._smooth(track)
         self.counts["faces_found"] += 1
         return track
@@ -357,6 +388,66 @@ def thumbnail(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# The residual filter: the makeup's change, low-passed over time on the face
+# --------------------------------------------------------------------------------------------
+class ResidualFilter:
+    """A temporal low-pass of one face's makeup residual (clamped model output - crop), in crop coordinates.
+
+    Even under a perfect crop the residual flickers (resampling the moving face and the model's response to
+    it), so smoothing the crop transform alone cannot steady the makeup. Each frame the previous filtered
+    residual is carried into this frame's crop, then R_t = R_prev + a x (r_t - R_prev):
+    - carried: through crop_t <- frame <- crop_t-1 and the face's motion low-passed at `motion_cutoff` Hz
+      (the crop follows the face, so that motion is the crop's own step, whose jitter the low-pass takes
+      out; 0 keeps the residual still in the frame, a large cutoff moves it with the crop);
+    - `a` is One-Euro's weight for a cutoff of min_cutoff + beta x speed (Hz), the speed being how fast the
+      crop moves over the frame (crop sides per second): small for a still face, close to 1 for a fast one;
+    - per pixel, a difference |r_t - R_prev| near `gate` grey levels or beyond (a real change, such as a
+      mouth opening, not flicker) raises `a` towards 1 (quadratically; gate 0 turns this off).
+    The first frame of a face takes its raw residual."""
+
+    def __init__(self, rate: float, min_cutoff: float, beta: float, gate: float, motion_cutoff: float):
+        self.rate, self.min_cutoff, self.beta, self.gate = float(rate), float(min_cutoff), float(beta), float(gate)
+        self.motion_blend = _alpha(float(motion_cutoff), self.rate) if motion_cutoff > 0 else 0.0
+        self.residual: np.ndarray | None = None  # (S, S, 3) float32, in the previous frame's crop
+        self.matrix: np.ndarray | None = None  # (2, 3) the previous frame -> crop affine
+        self.motion = np.eye(2, 3)  # (2, 3) the face's low-passed motion from frame to frame, in crop coordinates
+        self.blend = 1.0  # the last frame's `a` (before the gate), for tests and logs
+
+    def __call__(self, residual: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        size = residual.shape[0]
+        if self.residual is None:
+            self.residual, self.matrix, self.blend = residual, matrix, 1.0
+            return residual
+        # crop_t <- frame <- crop_t-1, and how far it moves the crop's corners and centre (crop pixels)
+        step = compose(matrix, cv2.invertAffineTransform(self.matrix))
+        corners = np.array([[0, 0], [size, 0], [0, size], [size, size], [size / 2, size / 2]], np.float64)
+        shift = corners[:, :1] * (step[:, 0] - [1, 0]) + corners[:, 1:] * (step[:, 1] - [0, 1]) + step[:, 2]
+        motion = float(np.sqrt((shift**2).sum(1)).mean())
+        self.blend = _alpha(self.min_cutoff + self.beta * motion / size * self.rate, self.rate)
+        # The crop follows the face, so the face moved by about step^-1 in the old crop: low-passed, that motion
+        # carries the residual along (the crop's own jitter stays out of it).
+        self.motion = self.motion + self.motion_blend * (cv2.invertAffineTransform(step) - self.motion)
+        carry = compose(step, self.motion)
+        # Pixels carried in from outside the previous crop repeat its edge, which the feather hides at paste-back.
+        previous = cv2.warpAffine(self.residual, carry, (size, size), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        filtered = residual - previous  # the difference, then (in place, to keep this under ~1 ms) the result
+        if self.gate > 0:  # a large difference is a change of the face, not flicker: let it through
+            blend = np.abs(filtered)
+            blend = np.maximum(np.maximum(blend[..., 0], blend[..., 1]), blend[..., 2])  # ndarray.max(2): 20x slower
+            blend *= np.float32(1 / self.gate)
+            np.minimum(np.square(blend, out=blend), 1, out=blend)
+            blend *= np.float32(1 - self.blend)
+            blend += np.float32(self.blend)
+            filtered *= blend[..., None]
+        else:
+            filtered *= np.float32(self.blend)
+        filtered += previous
+        self.residual, self.matrix = filtered, matrix
+        return filtered
+
+
+# --------------------------------------------------------------------------------------------
 # One frame: track, crop, model, paste back
 # --------------------------------------------------------------------------------------------
 def paste_change(frame: np.ndarray, matrix: np.ndarray, change: np.ndarray, feather: np.ndarray) -> None:
@@ -364,7 +455,8 @@ def paste_change(frame: np.ndarray, matrix: np.ndarray, change: np.ndarray, feat
     out at the crop's edge: FaceAligner.paste_back(mode="residual") with the feather applied before the warp."""
     size = change.shape[0]
     inverse = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inverse.T
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
+    corners = corners[:, :1] * inverse[:, 0] + corners[:, 1:] * inverse[:, 1] + inverse[:, 2]  # no BLAS: see compose
     x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 1, [frame.shape[1], frame.shape[0]])
     if x1 <= x0 or y1 <= y0:
@@ -377,41 +469,70 @@ def paste_change(frame: np.ndarray, matrix: np.ndarray, change: np.ndarray, feat
     region[:] = cv2.add(warped, region, dtype=cv2.CV_8U)  # float sum, rounded and saturated to 0..255
 
 
+def residual_settings(cfg: DictConfig) -> DictConfig | None:
+    """cfg.smoothing.residual when the residual filter is on (ConfigError, naming the key, for a bad value)."""
+    residual = cfg.smoothing.residual
+    if not (cfg.smoothing.enabled and residual.enabled):
+        return None
+    for key, low in (("min_cutoff", 0.0), ("beta", None), ("gate", None), ("motion_cutoff", None)):
+        value = residual.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or value == low:
+            need = "> 0" if low is not None else ">= 0"
+            raise ConfigError(f"config key 'smoothing.residual.{key}' must be a number {need}, not {value!r}")
+    return residual
+
+
 class VideoMakeup:
     """BGR frames in, the same frames with makeup on their faces (changed in place), in two steps that may run
-    in different threads, one frame apart: `track(frame)` (in frame order) and `apply(frame, matrices)`.
-    Each step's time is summed in `seconds`."""
+    in different threads, one frame apart: `track(frame)` (in frame order) and `apply(frame, faces)` (in frame
+    order too: the residual filter keeps each face's last residual). Each step's time is summed in `seconds`."""
 
     def __init__(self, model: MakeupModel, cfg: DictConfig, fps: float):
-        self.model = model
+        self.model, self.fps = model, float(fps)
         self.tracker = FaceTracker(cfg, fps, model.size)
         self.feather = feather_mask(model.size, cfg.face.feather)
+        self.residual_cfg = residual_settings(cfg)
+        self.filters: dict[int, ResidualFilter] = {}  # by track number: a new face starts afresh
+        self.pasted: list[np.ndarray] = []  # the residuals pasted into the last frame (crop, float32), for the bench
         self.seconds = {"track": 0.0, "model": 0.0, "paste": 0.0}
 
     def __call__(self, frame: np.ndarray) -> int:
         """Number of faces made up in `frame`; 0 leaves it untouched."""
-        matrices = self.track(frame)
-        self.apply(frame, matrices)
-        return len(matrices)
+        faces = self.track(frame)
+        self.apply(frame, faces)
+        return len(faces)
 
-    def track(self, frame: np.ndarray) -> list[np.ndarray]:
+    def track(self, frame: np.ndarray) -> list[FaceCrop]:
         start = time.perf_counter()
-        matrices = self.tracker.update(frame)
+        faces = self.tracker.update(frame)
         self.seconds["track"] += time.perf_counter() - start
-        return matrices
+        return faces
 
-    def apply(self, frame: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
-        if not matrices:
+    def apply(self, frame: np.ndarray, faces: list[FaceCrop]) -> np.ndarray:
+        self.filters = {face.key: self.filters.get(face.key) or self._new_filter() for face in faces}
+        self.pasted = []
+        if not faces:
             return frame
         start = time.perf_counter()
-        crops = np.stack([self.tracker.aligner.crop_with_matrix(m, frame) for m in matrices])  # (N, S, S, 3) BGR
+        crops = np.stack([self.tracker.aligner.crop_with_matrix(f.matrix, frame) for f in faces])  # (N, S, S, 3)
         made = self.model(crops[..., ::-1])[..., ::-1]  # the model takes and gives RGB
         modelled = time.perf_counter()
         self.seconds["model"] += modelled - start
-        for matrix, crop, new in zip(matrices, crops, made):
-            paste_change(frame, matrix, new.astype(np.float32) - crop.astype(np.float32), self.feather)
+        for face, crop, new in zip(faces, crops, made):
+            residual = new.astype(np.float32) - crop.astype(np.float32)  # (S, S, 3) the makeup's change, BGR
+            residual_filter = self.filters[face.key]
+            if residual_filter is not None:
+                residual = residual_filter(residual, face.matrix)
+            self.pasted.append(residual)
+            paste_change(frame, face.matrix, residual, self.feather)
         self.seconds["paste"] += time.perf_counter() - modelled
         return frame
+
+    def _new_filter(self) -> ResidualFilter | None:
+        cfg = self.residual_cfg
+        if cfg is None:
+            return None
+        return ResidualFilter(self.fps, cfg.min_cutoff, cfg.beta, cfg.gate, cfg.motion_cutoff)
 
     def close(self) -> None:
         self.tracker.close()
@@ -687,6 +808,7 @@ def run(model_path: str | Path, source: str | Path, output: str | Path, cfg: Dic
     source, output = Path(source), Path(output)
     if output.resolve() == source.resolve():
         raise InputError(f"the output would overwrite the input: {output}")
+    residual_settings(cfg)  # a bad filter setting stops here, before any output is made
     model = MakeupModel(model_path, cfg.engine, cfg.threads, cfg.intensity)
     log.info("model %s (%s, %d thread(s), intensity %g); %s -> %s", model_path, model.engine, model.threads,
              model.intensity, source, output)  # fmt: skip

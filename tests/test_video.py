@@ -18,11 +18,13 @@ from bench.video_bench import (
     made_up_frames,
     write_clip,
 )
-from common import run_cli
+from common import load_config, run_cli
 from tinybeauty_video import (
     DEFAULT_CONFIG,
     MakeupModel,
     OneEuroFilter,
+    ResidualFilter,
+    VideoMakeup,
     VideoReadError,
     main,
     paste_change,
@@ -30,17 +32,38 @@ from tinybeauty_video import (
 
 
 @pytest.fixture(scope="module")
-def stand_in_onnx(tmp_path_factory):
+def stand_in_model():
     """An untrained TinyBeauty with a strong random output head (a change of ~20 grey levels that follows the
-    face's features, as makeup does), exported as tinybeauty_export.py does (fp32)."""
+    face's features, as makeup does)."""
     from models.tinybeauty import TinyBeauty
-    from tinybeauty_export import export_onnx
 
     torch.manual_seed(0)
     model = TinyBeauty().eval()
     with torch.no_grad():
         model.head.weight.normal_(0.0, 1.0)
-    return export_onnx(model, tmp_path_factory.mktemp("model") / "tinybeauty_fp32.onnx", 256)
+    return model
+
+
+@pytest.fixture(scope="module")
+def stand_in_onnx(stand_in_model, tmp_path_factory):
+    """The stand-in exported as tinybeauty_export.py does (fp32)."""
+    from tinybeauty_export import export_onnx
+
+    return export_onnx(stand_in_model, tmp_path_factory.mktemp("model") / "tinybeauty_fp32.onnx", 256)
+
+
+@pytest.fixture(scope="module")
+def slow_camera_clip():
+    """30 frames of the bench's slow drift at 720p with camera noise, through mp4v: (frames, poses, the photo as
+    placed, its lips-and-eyes mask, the lip and eye centres)."""
+    from data.face_parsing import FaceParser
+
+    frames, poses, photo = face_clip(PHOTO, 1280, 720, 30, 0, noise=2.0)
+    frames = codec_round_trip(frames)
+    with FaceParser(max_num_faces=1) as parser:
+        regions = parser.parse(cv2.cvtColor(photo, cv2.COLOR_BGR2RGB)).makeup
+    centres = np.array([np.argwhere(regions == k).mean(0)[::-1] for k in (1, 2)])
+    return frames, poses, photo, (regions == 1) | (regions == 2), centres
 
 
 def read_video(path) -> tuple[list[np.ndarray], float]:
@@ -102,29 +125,123 @@ def test_the_largest_face_by_default_and_each_face_with_max_faces(stand_in_onnx,
         assert [change[:, :480].any(), change[:, 480:].any()] == changed_halves
 
 
-def test_smoothing_steadies_the_makeup_on_a_slowly_moving_face(stand_in_onnx):
+def test_smoothing_steadies_the_makeup_on_a_slowly_moving_face(stand_in_onnx, slow_camera_clip):
     """Camera noise and the mp4v codec make the landmarks jitter; the One-Euro filter must take most of that
     out of the crop, and the makeup's change must vary less from frame to frame."""
-    from common import load_config
-    from data.face_parsing import FaceParser
-
-    frames, poses, photo = face_clip(PHOTO, 1280, 720, 30, 0, noise=2.0)
-    frames = codec_round_trip(frames)
-    with FaceParser(max_num_faces=1) as parser:
-        regions = parser.parse(cv2.cvtColor(photo, cv2.COLOR_BGR2RGB)).makeup
-    lips_and_eyes = (regions == 1) | (regions == 2)
-    centres = np.array([np.argwhere(regions == k).mean(0)[::-1] for k in (1, 2)])
+    frames, poses, photo, lips_and_eyes, centres = slow_camera_clip
     cfg = load_config(DEFAULT_CONFIG)
     model = MakeupModel(stand_in_onnx)
     figures = {}
-    for mode in ("smoothed", "unsmoothed"):
-        outputs, matrices = made_up_frames(frames, model, mode, cfg)
+    for mode in ("transform_only", "unsmoothed"):
+        outputs, matrices, _ = made_up_frames(frames, model, mode, cfg)
         changes = changes_in_photo_pose(frames, outputs, poses, photo.shape[0])
         figures[mode] = (frame_to_frame(changes, lips_and_eyes)["grey_levels"],
                          crop_jitter(matrices, poses, centres)["frame_to_frame_px"])  # fmt: skip
-    (change_on, jitter_on), (change_off, jitter_off) = figures["smoothed"], figures["unsmoothed"]
+    (change_on, jitter_on), (change_off, jitter_off) = figures["transform_only"], figures["unsmoothed"]
     assert jitter_on < 0.7 * jitter_off, figures
     assert change_on < change_off, figures
+
+
+def test_the_residual_filter_steadies_the_makeup_further(stand_in_onnx, slow_camera_clip):
+    """The stability figure (uint8 frames, and the pasted residual in float) with the residual filter on top of the
+    transform smoothing is lower than with the transform smoothing alone; alone, lower than no smoothing."""
+    from bench.video_bench import residuals_in_photo_pose
+    from data.face_align import feather_mask
+
+    frames, poses, photo, lips_and_eyes, _ = slow_camera_clip
+    cfg = load_config(DEFAULT_CONFIG)
+    model = MakeupModel(stand_in_onnx)
+    feather = feather_mask(model.size, cfg.face.feather)
+    figures = {}
+    for mode in ("smoothed", "transform_only", "residual_only", "unsmoothed"):
+        outputs, matrices, residuals = made_up_frames(frames, model, mode, cfg)
+        changes = changes_in_photo_pose(frames, outputs, poses, photo.shape[0])
+        floats = residuals_in_photo_pose(residuals, matrices, poses, photo.shape[0], feather)
+        figures[mode] = (frame_to_frame(changes, lips_and_eyes)["grey_levels"],
+                         frame_to_frame(floats, lips_and_eyes)["grey_levels"])  # fmt: skip
+    for uint8_or_float in (0, 1):
+        on, off = figures["smoothed"][uint8_or_float], figures["transform_only"][uint8_or_float]
+        assert on < 0.9 * off, figures
+        assert figures["residual_only"][uint8_or_float] < figures["unsmoothed"][uint8_or_float], figures
+
+
+def test_the_residual_filter_starts_afresh_on_a_new_face(stand_in_onnx):
+    """A cut that moves the face far away loses its track; the face found again is a new track, and its first
+    frame gets the model's raw residual, exactly as without the filter. Until then the filter is at work."""
+    frames, _, _ = face_clip(PHOTO, 960, 360, 6, 0)
+    shifted = [np.roll(frame, 350, axis=1) for frame in face_clip(PHOTO, 960, 360, 3, 0)[0]]
+    clip = frames + shifted  # the face (216 px) jumps by 350 px, out of its crop, between frames 5 and 6
+    model = MakeupModel(stand_in_onnx)
+    outputs, keys = {}, []
+    for residual_filter in (True, False):
+        cfg = load_config(DEFAULT_CONFIG, [f"smoothing.residual.enabled={residual_filter}"])
+        makeup, outputs[residual_filter] = VideoMakeup(model, cfg, fps=30.0), []
+        for frame in clip:
+            out = frame.copy()
+            faces = makeup.track(out)
+            makeup.apply(out, faces)
+            outputs[residual_filter].append(out)
+            keys += [[face.key for face in faces]] if residual_filter else []
+        makeup.close()
+    assert keys[:6] == [[0]] * 6 and keys[6:] == [[1]] * 3, keys
+    same = [np.array_equal(a, b) for a, b in zip(outputs[True], outputs[False])]
+    assert same[0] and same[6], same  # a new face: the raw residual
+    assert not any(same[1:6]) and not any(same[7:]), same  # the same face: filtered
+
+
+def test_the_residual_filter_blends_a_still_face_and_lets_motion_and_real_changes_through():
+    """configs/video.yaml's parameters on a synthetic residual: flicker on a still crop is mostly removed; a fast
+    moving crop, and a large change (a mouth that opens), come through almost unfiltered."""
+    cfg = load_config(DEFAULT_CONFIG).smoothing.residual
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.normal(0, 1, (256, 256, 3)).astype(np.float32), (0, 0), 8) * 200
+    still = np.eye(3)[:2] * 0.5 + [[0, 0, 100], [0, 0, 50]]  # frame -> crop, kept still
+    flicker = ResidualFilter(30.0, cfg.min_cutoff, cfg.beta, cfg.gate, cfg.motion_cutoff)
+    raw = [base + rng.normal(0, 1, base.shape).astype(np.float32) for _ in range(20)]
+    out = [flicker(r, still) for r in raw]
+    step = lambda frames: np.mean([np.abs(b - a).mean() for a, b in zip(frames[5:], frames[6:])])  # noqa: E731
+    assert step(out) < 0.5 * step(raw)
+    assert flicker.blend < 0.2
+    changed = base.copy()
+    changed[100:140, 100:160] += 60  # a large change in one place
+    after = flicker(changed, still)
+    assert np.abs(after - changed)[100:140, 100:160].mean() < 1  # let through
+    assert np.abs(after - base)[:60].mean() < 1.5  # the rest stays filtered
+    moving = ResidualFilter(30.0, cfg.min_cutoff, cfg.beta, cfg.gate, cfg.motion_cutoff)
+    moving(base, still)
+    fast = still + [[0, 0, 12], [0, 0, 0]]  # the crop moved by 12 crop pixels in a frame
+    moving(base, fast)
+    assert moving.blend > 0.8
+
+
+def test_a_bad_residual_filter_setting_names_its_key(stand_in_onnx, tmp_path, capsys):
+    source = write_clip(face_clip(PHOTO, 320, 240, 2, 0)[0], tmp_path / "in.avi", codec="MJPG")
+    argv = ["--model", str(stand_in_onnx), "--input", str(source), "--output", str(tmp_path / "out.avi")]
+    assert run_cli(main, [*argv, "smoothing.residual.min_cutoff=0"]) == 2
+    assert "'smoothing.residual.min_cutoff' must be a number > 0" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*out*"))
+
+
+def test_a_pt_checkpoint_is_exported_to_onnx_on_the_fly(stand_in_model, stand_in_onnx, tmp_path):
+    """--model tinybeauty_*.pt runs the checkpoint through ONNX Runtime (exported on the fly): the same video as
+    its own ONNX export gives."""
+    from common import save_checkpoint
+    from models.tinybeauty import MODELS
+
+    (arch,) = [name for name, cls in MODELS.items() if isinstance(stand_in_model, cls)]
+    checkpoint = save_checkpoint({"arch": arch, "model_kwargs": {}, "model": stand_in_model.state_dict(),
+                                  "config": {"data": {"size": 256}}}, tmp_path / "tinybeauty_best_psnr.pt")  # fmt: skip
+    frames, _, _ = face_clip(PHOTO, 480, 360, 6, 0)
+    source = write_clip(frames, tmp_path / "in.avi", codec="FFV1")
+    written = {}
+    for name, model in (("pt", checkpoint), ("onnx", stand_in_onnx)):
+        output = tmp_path / f"out_{name}.mkv"
+        summary = main(["--model", str(model), "--input", str(source), "--output", str(output)])
+        assert summary["engine"] == "onnxruntime" and summary["frames_with_face"] == 6, summary
+        written[name] = read_video(output)[0]
+    assert len(written["pt"]) == 6
+    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(written["pt"], written["onnx"])) <= 1
+    assert np.abs(written["pt"][-1].astype(int) - frames[-1]).max() > 10  # the makeup is there
 
 
 def test_a_truncated_video_gives_the_message_and_a_valid_partial_output(stand_in_onnx, tmp_path, capsys):
