@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,24 @@ def tail_nodes(onnx_path: Path) -> list[str]:
     return names
 
 
+def last_decoder_unit(onnx_path: Path) -> list[str]:
+    """The convs of the last conv unit before the head (the finest decoder level's second unit): its output
+    is what the head turns into the residual, so its int8 error lands on the face unfiltered."""
+    import onnx
+
+    names = [node.name for node in onnx.load(str(onnx_path)).graph.node if node.op_type == "Conv"]
+    levels = [int(m.group(1)) for m in (re.match(r"/model/decoders\.(\d+)/", n) for n in names) if m]
+    if not levels:
+        return []
+    prefix = f"/model/decoders.{max(levels)}/decoders.{max(levels)}.1/"
+    return [n for n in names if n.startswith(prefix)]
+
+
 def quantize_int8(
     fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str = "static", fmt: str = "qoperator"
 ) -> Path:
-    """int8 weights (and activations for `static`, calibrated with MinMax on `calibration` (N, 3, S, S)).
+    """int8 weights (and activations for `static`, calibrated on `calibration` (N, 3, S, S) at the 99.99th
+    percentile of each activation; the element-wise tail and the last decoder unit stay float).
 
     `fmt`: qoperator (QLinearConv nodes; pooling, upsampling and concat stay float) or qdq
     (QuantizeLinear/DequantizeLinear pairs around every op, which ORT fuses into int8 kernels).
@@ -136,6 +151,7 @@ def quantize_int8(
 def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str, fmt: str) -> Path:
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -162,10 +178,15 @@ def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: s
         per_channel=True,  # depthwise kernels differ a lot in range: one scale per channel
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=tail,
+        nodes_to_exclude=tail + last_decoder_unit(fp32_path),
+        # Activation ranges from the 99.99th percentile instead of MinMax: a few outlier pixels no longer
+        # stretch a layer's scale. Measured on the pairs_style1 model of bench/tinybeauty_arch_sweep.py
+        # (`chosen`, 30 held-out faces): MinMax -0.149 dB, percentile -0.121 dB, percentile with the last
+        # decoder unit in float -0.092 dB (+0.8 KB); with BatchNorm (`chosen_bn`) every variant is within 0.02 dB.
+        calibrate_method=CalibrationMethod.Percentile,
         # Biases stay float: int32 biases need per-channel scale arrays next to them, which cost more
         # bytes than they save on a model this small (~8 KB of the 100 KB budget).
-        extra_options={"QuantizeBias": False},
+        extra_options={"QuantizeBias": False, "CalibPercentile": 99.99},
     )
     return float_inputs_to(int8_path, tail)
 

@@ -4,9 +4,10 @@
     python tinybeauty_training.py data.root=amplified/ output_dir=runs/tb train.epochs=2 wandb.mode=disabled
     python tinybeauty_training.py --resume tinybeauty_model/tinybeauty_last.pt      # continue exactly
 
-Residual learning: the model predicts a makeup residual added to the face. Loss = L1 x 1.0 + Sobel
-eyeliner x 0.5 (`losses/tinybeauty.py`) (eye region of the mask when present). Adam; warmup + cosine per step (or the seed's
-ReduceLROnPlateau on the validation loss with `train.scheduler=plateau`). Every epoch: validation loss,
+Residual learning: the model predicts a makeup residual added to the face. Loss = L1 (x8 on the lips, x4
+on the eyes when masks are present) + Sobel eyeliner x 0.05 in the eye region (`losses/tinybeauty.py`).
+Adam at 6e-3; warmup + cosine per step (or the seed's ReduceLROnPlateau on the validation loss with
+`train.scheduler=plateau`). configs/tinybeauty.yaml says why, with the figures of bench/tinybeauty_arch_sweep.py. Every epoch: validation loss,
 PSNR, SSIM, next to the identity PSNR (source vs target) on the same split. Every `train.sample_every`
 epochs: samples_epoch_{epoch}.png (source | prediction | target | amplified residual) on fixed faces.
 

@@ -88,6 +88,28 @@ DESIGNS: dict[str, tuple[str, list[str]]] = {
             "train.lr=6e-3",
         ],
     ),  # fmt: skip
+    "chosen_charb": (
+        "chosen + Charbonnier 0.05 (the sparse-makeup fix)",
+        [
+            *LOSS,
+            "loss.region_weights.lips=8",
+            "loss.region_weights.eyes=4",
+            "model.bottleneck_dilation=2",
+            "train.lr=6e-3",
+            "loss.charbonnier_eps=0.05",
+        ],
+    ),  # fmt: skip
+    "chosen_bn": (
+        "chosen + BatchNorm",
+        [
+            *LOSS,
+            "loss.region_weights.lips=8",
+            "loss.region_weights.eyes=4",
+            "model.bottleneck_dilation=2",
+            "train.lr=6e-3",
+            "model.norm=batch",
+        ],
+    ),  # fmt: skip
 }
 
 
