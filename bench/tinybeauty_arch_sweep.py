@@ -6,7 +6,7 @@
     python bench/tinybeauty_arch_sweep.py --out /work/runs/tb_sweep --no-train            # score + time what is there
 
 Each design is a list of `key=value` overrides of configs/tinybeauty.yaml (DESIGNS below; `previous_default`
-is the config before this sweep, `chosen` the one it picked), trained by the real stage script
+is the config before this sweep, `chosen_charb` the one it picked), trained by the real stage script
 (`tinybeauty_training.py`, a subprocess) into OUT/NAME on the same data, split (seed) and epochs. A finished design is not trained again; a stopped one resumes
 from its tinybeauty_last.pt. Then, all in this one process so that every design sees the same machine:
 - on the validation split: PSNR (as the stage reports it), **lipstick** = the share of the target's change
@@ -52,7 +52,7 @@ STAGE = REPO / "tinybeauty_training.py"
 # epochs; `--epochs` sets train.epochs for all of them. PREVIOUS pins the config before this sweep (the
 # `previous_default` row), so every row stays reproducible whatever configs/tinybeauty.yaml says now.
 PREVIOUS = ["train.lr=1e-3", "loss.eyeliner=0.5", "loss.region_weights.eyes=1", "loss.region_weights.lips=1",
-            "loss.region_weights.skin=1", "model.bottleneck_dilation=1"]  # fmt: skip
+            "loss.region_weights.skin=1", "loss.charbonnier_eps=0", "model.bottleneck_dilation=1"]  # fmt: skip
 LOSS = [*PREVIOUS, "loss.eyeliner=0.05", "loss.region_weights.lips=4", "loss.region_weights.eyes=2"]
 BASE = [*LOSS, "train.lr=3e-3"]  # the best loss and rate of the first round; the architectures build on it
 DESIGNS: dict[str, tuple[str, list[str]]] = {
@@ -79,7 +79,7 @@ DESIGNS: dict[str, tuple[str, list[str]]] = {
     ),
     "batchnorm": ("regions_lr3e-3 + BatchNorm (folded into the convs in ONNX)", [*BASE, "model.norm=batch"]),
     "chosen": (
-        "lips8 + dilated + lr 6e-3: configs/tinybeauty.yaml now",
+        "lips8 + dilated + lr 6e-3",
         [
             *LOSS,
             "loss.region_weights.lips=8",
@@ -89,7 +89,7 @@ DESIGNS: dict[str, tuple[str, list[str]]] = {
         ],
     ),  # fmt: skip
     "chosen_charb": (
-        "chosen + Charbonnier 0.05 (the sparse-makeup fix)",
+        "chosen + Charbonnier 0.05: configs/tinybeauty.yaml now",
         [
             *LOSS,
             "loss.region_weights.lips=8",
@@ -195,15 +195,21 @@ def score(checkpoint: Path, data_root: str) -> dict:
 
 
 def interleaved_timing(models: dict, rounds: int, runs: int, train_steps: int, tmp: Path) -> dict:
-    """Median ORT fp32 batch-1 ms and training images/s per design, every design once in each round."""
+    """Median ORT fp32 batch-1 ms and training images/s per design, every design once in each round (in a
+    rotating order). Designs of one architecture differ only by the machine's noise: `report` gives that spread."""
     image = np.random.default_rng(0).uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32)
     sessions, cfgs = {}, {}
     for name, (model, cfg) in models.items():
         sessions[name] = ort_session(export_onnx(model, tmp / f"{name}.onnx", 256))
         cfgs[name] = cfg
     ms, img_s = {n: [] for n in models}, {n: [] for n in models}
-    for _ in range(rounds):
-        for name, session in sessions.items():
+    names = list(models)
+    # Each round starts at the next design, so no design always runs first (a warm cache, a clock boost).
+    orders = [names[i % len(names) :] + names[: i % len(names)] for i in range(rounds)]
+    time.sleep(1.0)  # let the threads of the PyTorch work before (scoring, export) go idle
+    for order in orders:  # ONNX Runtime first, on its own: PyTorch's threads spin for a while after a training
+        for name in order:  # step and would slow the ORT run that follows it
+            session = sessions[name]
             for _ in range(3):
                 session.run(None, {"source": image})
             times = []
@@ -212,9 +218,10 @@ def interleaved_timing(models: dict, rounds: int, runs: int, train_steps: int, t
                 session.run(None, {"source": image})
                 times.append((time.perf_counter() - start) * 1000)
             ms[name].append(median(times))
-        if train_steps:
-            for name, (model, cfg) in models.items():
-                img_s[name].append(training_throughput(cfg, model, torch.device("cpu"), train_steps))
+    for order in orders if train_steps else []:
+        for name in order:
+            model, cfg = models[name]
+            img_s[name].append(training_throughput(cfg, model, torch.device("cpu"), train_steps))
     return {n: {"ort_fp32_ms": median(ms[n]), "train_img_per_s": median(img_s[n]) if img_s[n] else None} for n in ms}
 
 
@@ -263,8 +270,20 @@ def report(names: list[str], args) -> dict:
             row["ort_vs_default"] = round(timing[name]["ort_fp32_ms"] / base["ort_fp32_ms"], 3)
             if base["train_img_per_s"]:
                 row["train_vs_default"] = round(timing[name]["train_img_per_s"] / base["train_img_per_s"], 3)
+    # Rows with the same architecture time the same graph: their spread is the measurement's noise.
+    same_arch: dict[str, list[str]] = {}
+    for name in models:
+        kwargs = load_checkpoint(Path(args.out) / name / "tinybeauty_final.pt")["model_kwargs"]
+        same_arch.setdefault(json.dumps(kwargs, sort_keys=True), []).append(name)
+    noise = {}
+    for group in (g for g in same_arch.values() if len(g) > 1):
+        for key in ("ort_fp32_ms", "train_img_per_s"):
+            values = [rows[n][key] for n in group if rows[n].get(key)]
+            if values:
+                noise.setdefault(key, []).append({"designs": group, "min": min(values), "max": max(values)})
     result = {
         "bench": "tinybeauty_arch_sweep",
+        "noise_same_architecture": noise,
         "data": args.data,
         "epochs": args.epochs,
         "machine": {

@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from data.paired import MAKEUP_LABELS
-from errors import ConfigError
 from losses.eyeliner import EyelinerLoss
-from losses.l1 import L1Loss
+from losses.l1 import L1Loss, region_weight_table
 
 
 class DDALoss(torch.nn.Module):
@@ -24,14 +23,7 @@ class DDALoss(torch.nn.Module):
         self.diffusion_weight = float(diffusion)
         self.l1 = L1Loss(l1)
         self.eyeliner = EyelinerLoss(eyeliner, eye_label=MAKEUP_LABELS["eyes"])
-        table = torch.ones(len(MAKEUP_LABELS))
-        for region, weight in (region_weights or {}).items():
-            if region not in MAKEUP_LABELS or region == "background":
-                raise ConfigError(
-                    f"config key 'loss.region_weights.{region}': unknown region (expected eyes, lips or skin)"
-                )
-            table[MAKEUP_LABELS[region]] = float(weight)
-        self.register_buffer("region_table", table)
+        self.register_buffer("region_table", region_weight_table(region_weights))
 
     @classmethod
     def from_config(cls, cfg) -> DDALoss:

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from data.paired import MAKEUP_LABELS
-from errors import ConfigError
 from losses.eyeliner import EyelinerLoss
-from losses.l1 import L1Loss
+from losses.l1 import L1Loss, region_weight_table
 
 
 class TinyBeautyLoss(nn.Module):
@@ -25,15 +24,7 @@ class TinyBeautyLoss(nn.Module):
         super().__init__()
         self.l1 = L1Loss(l1, charbonnier_eps)
         self.eyeliner = EyelinerLoss(eyeliner, eye_label=MAKEUP_LABELS["eyes"])
-        table = torch.ones(len(MAKEUP_LABELS))
-        for region, weight in (region_weights or {}).items():
-            if region not in MAKEUP_LABELS or region == "background":
-                raise ConfigError(
-                    f"config key 'loss.region_weights.{region}': unknown region (expected eyes, lips or skin)"
-                )
-            if float(weight) < 0:
-                raise ConfigError(f"config key 'loss.region_weights.{region}' must be 0 or more, got {weight!r}")
-            table[MAKEUP_LABELS[region]] = float(weight)
+        table = region_weight_table(region_weights)
         self.register_buffer("region_table", table)
         self.weighted = bool((table != 1).any())
 
