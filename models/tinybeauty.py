@@ -80,20 +80,12 @@ class ConvUnit(nn.Module):
 
 
 class DoubleConv(nn.Sequential):
-    """Two conv units, as each U-Net level of the seed; `dilation` widens the second one's 3x3."""
+    """Two conv units, as each U-Net level of the seed; `dilation` widens the second one's 3x3, `first_unit`
+    (reads_image, stride) goes to the first."""
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        block: str,
-        norm: str,
-        reads_image: bool = False,
-        stride: int = 1,
-        dilation: int = 1,
-    ):
+    def __init__(self, in_ch: int, out_ch: int, block: str, norm: str, dilation: int = 1, **first_unit):
         super().__init__(
-            ConvUnit(in_ch, out_ch, block, norm, reads_image, stride),
+            ConvUnit(in_ch, out_ch, block, norm, **first_unit),
             ConvUnit(out_ch, out_ch, block, norm, dilation=dilation),
         )
 
