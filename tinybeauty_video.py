@@ -164,9 +164,15 @@ def compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:
     return out
 
 
-def _alpha(cutoff: float, rate: float) -> float:
-    """The weight of a new sample in a first-order low-pass at `cutoff` Hz sampled at `rate` Hz."""
-    return 1.0 / (1.0 + rate / (2 * math.pi * cutoff))
+def affine_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(K, 2) points through the (2, 3) affine `matrix`, without BLAS (see `compose`)."""
+    return points[:, :1] * matrix[:, 0] + points[:, 1:] * matrix[:, 1] + matrix[:, 2]
+
+
+def _alpha(cutoff, rate: float):
+    """The weight of a new sample in a first-order low-pass at `cutoff` Hz (number or array), sampled at `rate` Hz."""
+    tau = 1.0 / (2 * math.pi * cutoff)
+    return 1.0 / (1.0 + tau * rate)
 
 
 class OneEuroFilter:
@@ -182,18 +188,14 @@ class OneEuroFilter:
         self.value: np.ndarray | None = None
         self.speed: np.ndarray | None = None
 
-    def _alpha(self, cutoff):
-        tau = 1.0 / (2 * math.pi * cutoff)
-        return 1.0 / (1.0 + tau * self.rate)
-
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float64)
         if self.value is None:
             self.value, self.speed = x.copy(), np.zeros_like(x)
             return x.copy()
         speed = (x - self.value) * self.rate
-        self.speed = self.speed + self._alpha(self.d_cutoff) * (speed - self.speed)
-        alpha = self._alpha(self.min_cutoff + self.beta * np.abs(self.speed))
+        self.speed = self.speed + _alpha(self.d_cutoff, self.rate) * (speed - self.speed)
+        alpha = _alpha(self.min_cutoff + self.beta * np.abs(self.speed), self.rate)
         self.value = self.value + alpha * (x - self.value)
         return self.value.copy()
 
@@ -421,7 +423,7 @@ class ResidualFilter:
         # crop_t <- frame <- crop_t-1, and how far it moves the crop's corners and centre (crop pixels)
         step = compose(matrix, cv2.invertAffineTransform(self.matrix))
         corners = np.array([[0, 0], [size, 0], [0, size], [size, size], [size / 2, size / 2]], np.float64)
-        shift = corners[:, :1] * (step[:, 0] - [1, 0]) + corners[:, 1:] * (step[:, 1] - [0, 1]) + step[:, 2]
+        shift = affine_points(corners, step) - corners
         motion = float(np.sqrt((shift**2).sum(1)).mean())
         self.blend = _alpha(self.min_cutoff + self.beta * motion / size * self.rate, self.rate)
         # The crop follows the face, so the face moved by about step^-1 in the old crop: low-passed, that motion
@@ -455,8 +457,7 @@ def paste_change(frame: np.ndarray, matrix: np.ndarray, change: np.ndarray, feat
     out at the crop's edge: FaceAligner.paste_back(mode="residual") with the feather applied before the warp."""
     size = change.shape[0]
     inverse = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
-    corners = corners[:, :1] * inverse[:, 0] + corners[:, 1:] * inverse[:, 1] + inverse[:, 2]  # no BLAS: see compose
+    corners = affine_points(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64), inverse)
     x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 1, [frame.shape[1], frame.shape[0]])
     if x1 <= x0 or y1 <= y0:

@@ -7,8 +7,9 @@
 
 Each design is a list of `key=value` overrides of configs/tinybeauty.yaml (DESIGNS below; `previous_default`
 is the config before this sweep, `chosen_charb` the one it picked), trained by the real stage script
-(`tinybeauty_training.py`, a subprocess) into OUT/NAME on the same data, split (seed) and epochs. A finished design is not trained again; a stopped one resumes
-from its tinybeauty_last.pt. Then, all in this one process so that every design sees the same machine:
+(`tinybeauty_training.py`, a subprocess) into OUT/NAME on the same data, split (seed) and epochs. A finished
+design is not trained again; a stopped one resumes from its tinybeauty_last.pt. Then, all in this one process
+so that every design sees the same machine:
 - on the validation split: PSNR (as the stage reports it), **lipstick** = the share of the target's change
   that the prediction applies inside the lip mask (projection: sum((pred - src) . (tgt - src)) /
   sum((tgt - src)^2), 1 = the whole lipstick, 0 = none; `lip_abs_ratio` is mean |pred - src| / mean
@@ -55,6 +56,8 @@ PREVIOUS = ["train.lr=1e-3", "loss.eyeliner=0.5", "loss.region_weights.eyes=1", 
             "loss.region_weights.skin=1", "loss.charbonnier_eps=0", "model.bottleneck_dilation=1"]  # fmt: skip
 LOSS = [*PREVIOUS, "loss.eyeliner=0.05", "loss.region_weights.lips=4", "loss.region_weights.eyes=2"]
 BASE = [*LOSS, "train.lr=3e-3"]  # the best loss and rate of the first round; the architectures build on it
+CHOSEN = [*LOSS, "loss.region_weights.lips=8", "loss.region_weights.eyes=4", "model.bottleneck_dilation=2",
+          "train.lr=6e-3"]  # fmt: skip
 DESIGNS: dict[str, tuple[str, list[str]]] = {
     "previous_default": ("the config before this sweep (L1 + eyeliner 0.5, lr 1e-3)", PREVIOUS),
     "eyeliner0.05": ("eyeliner weight 0.5 -> 0.05", [*PREVIOUS, "loss.eyeliner=0.05"]),
@@ -78,39 +81,14 @@ DESIGNS: dict[str, tuple[str, list[str]]] = {
         [*BASE, "model.widths=[24,48,64]", "model.skip=add"],
     ),
     "batchnorm": ("regions_lr3e-3 + BatchNorm (folded into the convs in ONNX)", [*BASE, "model.norm=batch"]),
-    "chosen": (
-        "lips8 + dilated + lr 6e-3",
-        [
-            *LOSS,
-            "loss.region_weights.lips=8",
-            "loss.region_weights.eyes=4",
-            "model.bottleneck_dilation=2",
-            "train.lr=6e-3",
-        ],
-    ),  # fmt: skip
-    "chosen_charb": (
-        "chosen + Charbonnier 0.05: configs/tinybeauty.yaml now",
-        [
-            *LOSS,
-            "loss.region_weights.lips=8",
-            "loss.region_weights.eyes=4",
-            "model.bottleneck_dilation=2",
-            "train.lr=6e-3",
-            "loss.charbonnier_eps=0.05",
-        ],
-    ),  # fmt: skip
-    "chosen_bn": (
-        "chosen + BatchNorm",
-        [
-            *LOSS,
-            "loss.region_weights.lips=8",
-            "loss.region_weights.eyes=4",
-            "model.bottleneck_dilation=2",
-            "train.lr=6e-3",
-            "model.norm=batch",
-        ],
-    ),  # fmt: skip
+    "chosen": ("lips8 + dilated + lr 6e-3", CHOSEN),
+    "chosen_charb": ("chosen + Charbonnier 0.05: configs/tinybeauty.yaml now", [*CHOSEN, "loss.charbonnier_eps=0.05"]),
+    "chosen_bn": ("chosen + BatchNorm", [*CHOSEN, "model.norm=batch"]),
 }
+
+
+def thread_env(threads: int) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def run_design(name: str, overrides: list[str], args, log_file) -> Path:
@@ -124,10 +102,11 @@ def run_design(name: str, overrides: list[str], args, log_file) -> Path:
     command = [sys.executable, str(STAGE)]
     command += ["--resume", str(last)] if last.is_file() else []
     command += keys + overrides
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     print(f"[sweep] training {name}: {' '.join(overrides) or '(config unchanged)'}", file=sys.stderr, flush=True)
     with open(log_file, "a") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        subprocess.run(
+            command, check=True, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads), cwd=REPO
+        )
     return run_dir
 
 
@@ -138,10 +117,9 @@ def train_all(names: list[str], args) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             name = pending.pop(0)
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
             command = [sys.executable, __file__, "--out", args.out, "--data", args.data, "--epochs", str(args.epochs),
                        "--threads", str(args.threads), "--designs", name, "--train-only"]  # fmt: skip
-            running.append((name, subprocess.Popen(command, env=env)))
+            running.append((name, subprocess.Popen(command, env=thread_env(args.threads))))
         time.sleep(2)
         for item in list(running):
             if item[1].poll() is not None:
@@ -151,15 +129,15 @@ def train_all(names: list[str], args) -> None:
 
 
 @torch.no_grad()
-def score(checkpoint: Path, data_root: str) -> dict:
-    """Quality figures of one checkpoint on its own run's validation split (split.json beside it)."""
-    model = load_tinybeauty(checkpoint)
-    size = load_checkpoint(checkpoint)["config"]["data"]["size"]
-    split = json.loads((checkpoint.parent / "split.json").read_text())
+def score(state: dict, run_dir: Path, data_root: str) -> dict:
+    """Quality figures of a loaded checkpoint on its run's validation split (run_dir/split.json)."""
+    model = load_tinybeauty(state)
+    size = state["config"]["data"]["size"]
+    split = json.loads((run_dir / "split.json").read_text())
     pairs = {p.name: p for p in scan_pairs(data_root, verify=False).pairs}
     dataset = PairedDataset([pairs[n] for n in split["val"]], size)
-    sums = {k: 0.0 for k in ("psnr", "lip_dot", "lip_tt", "lip_pred_abs", "lip_tgt_abs", "lip_px", "eye_abs",
-                             "eye_px", "face_sse", "face_sst")}  # fmt: skip
+    sums = {k: 0.0 for k in ("psnr", "lip_dot", "lip_tt", "lip_pred_abs", "lip_tgt_abs", "eye_abs", "eye_px",
+                             "face_sse")}  # fmt: skip
     residuals = []
     for item in dataset:
         source, target, mask = item["source"][None], item["target"][None], item["mask"]
@@ -176,7 +154,6 @@ def score(checkpoint: Path, data_root: str) -> dict:
         sums["lip_tt"] += float((truth * truth)[:, lips].sum())
         sums["lip_pred_abs"] += float(change[:, lips].abs().sum())
         sums["lip_tgt_abs"] += float(truth[:, lips].abs().sum())
-        sums["lip_px"] += float(lips.sum())
         sums["eye_abs"] += float(error[:, eyes].abs().sum())
         sums["eye_px"] += float(eyes.sum()) * 3
         sums["face_sse"] += float((error[:, face] ** 2).sum())
@@ -198,10 +175,7 @@ def interleaved_timing(models: dict, rounds: int, runs: int, train_steps: int, t
     """Median ORT fp32 batch-1 ms and training images/s per design, every design once in each round (in a
     rotating order). Designs of one architecture differ only by the machine's noise: `report` gives that spread."""
     image = np.random.default_rng(0).uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32)
-    sessions, cfgs = {}, {}
-    for name, (model, cfg) in models.items():
-        sessions[name] = ort_session(export_onnx(model, tmp / f"{name}.onnx", 256))
-        cfgs[name] = cfg
+    sessions = {name: ort_session(export_onnx(model, tmp / f"{name}.onnx", 256)) for name, (model, _) in models.items()}
     ms, img_s = {n: [] for n in models}, {n: [] for n in models}
     names = list(models)
     # Each round starts at the next design, so no design always runs first (a warm cache, a clock boost).
@@ -230,7 +204,7 @@ def design_config(overrides: list[str], epochs: int):
 
 
 def report(names: list[str], args) -> dict:
-    rows, models = {}, {}
+    rows, models, same_arch = {}, {}, {}
     for name in names:
         run_dir = Path(args.out) / name
         checkpoint = run_dir / "tinybeauty_final.pt"
@@ -251,9 +225,11 @@ def report(names: list[str], args) -> dict:
             "best_val_psnr": summary["best_val_psnr"],
             "identity_psnr": summary["identity_psnr"],
             "train_seconds": summary["seconds"],
-            **score(checkpoint, args.data),
+            **score(state, run_dir, args.data),
         }
         models[name] = (model, design_config(overrides, args.epochs))
+        # Rows with the same architecture time the same graph: their spread is the measurement's noise.
+        same_arch.setdefault(json.dumps(state["model_kwargs"], sort_keys=True), []).append(name)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         timing = interleaved_timing(models, args.rounds, args.runs, args.train_steps, Path(tmp))
@@ -270,11 +246,6 @@ def report(names: list[str], args) -> dict:
             row["ort_vs_default"] = round(timing[name]["ort_fp32_ms"] / base["ort_fp32_ms"], 3)
             if base["train_img_per_s"]:
                 row["train_vs_default"] = round(timing[name]["train_img_per_s"] / base["train_img_per_s"], 3)
-    # Rows with the same architecture time the same graph: their spread is the measurement's noise.
-    same_arch: dict[str, list[str]] = {}
-    for name in models:
-        kwargs = load_checkpoint(Path(args.out) / name / "tinybeauty_final.pt")["model_kwargs"]
-        same_arch.setdefault(json.dumps(kwargs, sort_keys=True), []).append(name)
     noise = {}
     for group in (g for g in same_arch.values() if len(g) > 1):
         for key in ("ort_fp32_ms", "train_img_per_s"):

@@ -57,7 +57,7 @@ from common import atomic_write_text, load_config, log, setup_logging  # noqa: E
 from data.face_align import FaceAligner, feather_mask  # noqa: E402
 from data.face_parsing import FaceParser  # noqa: E402
 from data.io import read_rgb  # noqa: E402
-from tinybeauty_video import DEFAULT_CONFIG, FaceCrop, MakeupModel, VideoMakeup, process_video  # noqa: E402
+from tinybeauty_video import DEFAULT_CONFIG, FaceCrop, MakeupModel, VideoMakeup, compose, process_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "data/samples/faces/AF1.jpg"
@@ -199,7 +199,7 @@ def residuals_in_photo_pose(residuals, matrices, poses, face_px: int, feather: n
         if residual is None:
             changes.append(np.zeros((face_px, face_px, 3), np.float32))
             continue
-        photo_to_crop = (np.vstack([matrix, [0, 0, 1]]) @ np.vstack([pose, [0, 0, 1]]))[:2]
+        photo_to_crop = compose(matrix, pose)
         changes.append(cv2.warpAffine(residual * feather[..., None], photo_to_crop, (face_px, face_px),
                                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))  # fmt: skip
     return changes
