@@ -118,7 +118,11 @@ def build_data(cfg, run_dir: Path) -> tuple[PairedDataset, list]:
     _check_sizes(pairs)
     _fill_missing_masks(pairs, run_dir / "masks")
     log.info("seed pairs (%d): %s", len(pairs), ", ".join(p.name for p in pairs))
-    dataset = PairedDataset(pairs, size=cfg.train.resolution, hflip=cfg.data.hflip, cache=True)
+    affine = config_to_dict(cfg.data.affine)
+    try:
+        dataset = PairedDataset(pairs, size=cfg.train.resolution, hflip=cfg.data.hflip, cache=True, affine=affine)
+    except ValueError as err:
+        raise ConfigError(f"config key 'data.affine': {err}") from None
     return dataset, pairs
 
 

@@ -114,3 +114,43 @@ def test_joint_flip_keeps_pairs_aligned(tmp_path):
         assert torch.equal(lips, changed)  # the mask is exactly where the target differs
         sides.add("left" if lips[:, :16].any() else "right")
     assert sides == {"left", "right"}
+
+
+def test_joint_affine_moves_source_target_and_mask_together(tmp_path):
+    """The lips of the target (darkened green) must stay exactly under the mask's lip label after a random
+    shift/turn/zoom, the mask keeps its labels only, and the transform varies from sample to sample."""
+    import torch
+    from PIL import Image
+
+    from data.paired import JointAffine
+
+    root = tmp_path / "pairs"
+    for sub in ("source", "target", "mask"):
+        (root / sub).mkdir(parents=True)
+    source = np.full((48, 48, 3), 150, np.uint8)
+    mask = np.full((48, 48), 3, np.uint8)
+    mask[28:36, 14:34] = 2
+    target = source.copy()
+    target[mask == 2, 1] = 40
+    for name, array in (("source", source), ("target", target), ("mask", mask)):
+        Image.fromarray(array).save(root / name / "face.png")
+
+    affine = {"rotate_deg": 10.0, "scale": 0.1, "shift": 0.08}
+    dataset = PairedDataset(scan_pairs(root).pairs, size=48, affine=affine)
+    torch.manual_seed(0)
+    centres = set()
+    for _ in range(8):
+        item = dataset[0]
+        assert set(item["mask"].unique().tolist()) <= {0, 2, 3}
+        lips = item["mask"] == 2
+        dark = item["target"][1] < item["source"][1] - 0.5  # clearly inside the darkened lips
+        assert dark.any() and lips[dark].float().mean() > 0.97  # the darkened pixels sit under the lip label
+        assert torch.equal(item["source"][0], item["target"][0])  # only green was changed
+        ys, xs = torch.nonzero(lips, as_tuple=True)
+        centres.add((round(ys.float().mean().item()), round(xs.float().mean().item())))
+    assert len(centres) > 3  # it moves
+
+    plain = PairedDataset(scan_pairs(root).pairs, size=48, affine={"rotate_deg": 0.0, "scale": 0.0, "shift": 0.0})
+    assert torch.equal(plain[0]["mask"], torch.from_numpy(mask).long())  # all zero: the identity
+    with pytest.raises(ValueError, match="scale"):
+        JointAffine(scale=1.5)
