@@ -57,6 +57,10 @@ def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: i
     for name, chosen in (("faces_amplify", order[:amplify]), ("faces_heldout", order[amplify : amplify + heldout])):
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
+        wanted = {files[index].name for index in chosen}
+        for stale in folder.iterdir():  # a rerun with other counts must not keep an earlier split's faces
+            if stale.is_symlink() and stale.name not in wanted:
+                stale.unlink()
         for index in chosen:
             link = folder / files[index].name
             if not link.exists():
