@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     timed("heldout_crops", prepare_heldout, heldout_faces, heldout_crops, args.size)
     heldout_truth = work / "heldout_truth"
     timed("heldout_truth", render_truth, heldout_crops, template, heldout_truth)
-    heldout = load_pairs(heldout_truth)
+    current = {path.stem for path in list_images(heldout_faces)}  # not an earlier split's crops left in the folder
+    heldout = {name: pair for name, pair in load_pairs(heldout_truth).items() if name in current}
 
     seeds_repeated = work / "seed_pairs_repeated"
     replicate_pairs(seeds, seeds_repeated, len(names))
