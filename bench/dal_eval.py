@@ -49,6 +49,16 @@ from data.makeup_truth import load_pairs, render_truth, score  # noqa: E402
 # --------------------------------------------------------------------------------------------
 def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: int) -> tuple[Path, Path]:
     """Two folders of symlinks: `amplify` faces for stage 3, `heldout` others for scoring (a seeded shuffle)."""
+    # Every later step reuses what the work folder holds (amplified pairs, crops, truth): a folder made for
+    # another split would mix its faces into this one, held-out faces into the training sets included.
+    split = {"faces": str(faces_dir), "amplify": amplify, "heldout": heldout, "seed": seed}
+    record = work / "split.json"
+    if record.is_file() and json.loads(record.read_text()) != split:
+        raise SystemExit(
+            f"error: {work} was made for the split {record.read_text().strip()}, not {json.dumps(split)}; "
+            "give another --work for these --faces/--amplify/--heldout/--seed"
+        )
+    atomic_write_text(record, json.dumps(split))
     files = list_images(faces_dir)
     if len(files) < amplify + heldout:
         raise SystemExit(f"error: {faces_dir} has {len(files)} images; --amplify + --heldout need {amplify + heldout}")
@@ -57,10 +67,6 @@ def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: i
     for name, chosen in (("faces_amplify", order[:amplify]), ("faces_heldout", order[amplify : amplify + heldout])):
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
-        wanted = {files[index].name for index in chosen}
-        for stale in folder.iterdir():  # a rerun with other counts must not keep an earlier split's faces
-            if stale.is_symlink() and stale.name not in wanted:
-                stale.unlink()
         for index in chosen:
             link = folder / files[index].name
             if not link.exists():
@@ -222,8 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     timed("heldout_crops", prepare_heldout, heldout_faces, heldout_crops, args.size)
     heldout_truth = work / "heldout_truth"
     timed("heldout_truth", render_truth, heldout_crops, template, heldout_truth)
-    current = {path.stem for path in list_images(heldout_faces)}  # not an earlier split's crops left in the folder
-    heldout = {name: pair for name, pair in load_pairs(heldout_truth).items() if name in current}
+    heldout = load_pairs(heldout_truth)
 
     seeds_repeated = work / "seed_pairs_repeated"
     replicate_pairs(seeds, seeds_repeated, len(names))
