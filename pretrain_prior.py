@@ -19,7 +19,11 @@ The parts, trained in this order (each phase resumes where a killed or time-slic
 3. unet: a UNet2DConditionModel with cross-attention, trained as SD is (epsilon prediction on SD
    1.5's noise schedule), with most samples at the low timesteps img2img at the DDA's strength visits,
    on precomputed latents (posterior means, as the DDA encodes).
-4. export + figures: the tiny text encoder (frozen, random: the prompt is a fixed code the UNet
+4. decoder (`decoder.steps`, optional): the VAE's decoder alone, fine-tuned on the same latents with
+   the encoder frozen (L1 + an L1 on Sobel image gradients), so the latent space and the UNet trained
+   on it stay valid while thin lines and edges (liner, lip outlines) come back sharper. With
+   `init_from=FOLDER` (a finished prior) the run starts here, from that folder's weights.
+5. export + figures: the tiny text encoder (frozen, random: the prompt is a fixed code the UNet
    learns to ignore) and SD 1.5's scheduler config complete the folder; VAE PSNR and img2img
    reconstruction PSNR at the DDA's strength are measured on unseen faces (`data.eval_dir`).
 
@@ -207,8 +211,16 @@ def random_prompts(count: int, generator: torch.Generator) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # State (resumable, time-sliceable)
 # --------------------------------------------------------------------------------------------
+PHASES = ("vae", "unet", "decoder")
+
+
 def new_state() -> dict:
-    return {"phase": "vae", "step": 0, "seconds": {"vae": 0.0, "unet": 0.0}, "history": {"vae": [], "unet": []}}
+    return {
+        "phase": "vae",
+        "step": 0,
+        "seconds": {name: 0.0 for name in PHASES},
+        "history": {name: [] for name in PHASES},
+    }
 
 
 def save_state(run_dir: Path, state: dict, parts: dict, generator: torch.Generator) -> None:
@@ -234,6 +246,9 @@ def load_state(run_dir: Path, parts: dict, generator: torch.Generator) -> dict:
     parts["optimizer_state"] = payload["optimizer"]  # taken by the phase that resumes (`use_optimizer`)
     generator.set_state(payload["generator"])
     state = payload["state"]
+    for name in PHASES:  # a state saved before the decoder phase existed
+        state["seconds"].setdefault(name, 0.0)
+        state["history"].setdefault(name, [])
     log.info("resumed from %s: phase %s, step %d", path, state["phase"], state["step"])
     return state
 
@@ -438,6 +453,88 @@ def img2img_figures(cfg, parts: dict, eval_images: torch.Tensor, rows: int = 6) 
     return {"psnr": round(float(torch.cat(scores).mean()), 3), "grid": grid}
 
 
+def sobel_edges(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 6, H, W) horizontal and vertical Sobel responses per channel."""
+    kernel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=images.device)
+    kernels = torch.stack([kernel, kernel.t()])[:, None].repeat(3, 1, 1, 1).to(images.dtype)
+    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernels, groups=3)
+
+
+def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
+    """The decoder alone on the frozen encoder's latents: the UNet's latent space does not move."""
+    vae = parts["vae"]
+    if "decoder_latents" not in parts:
+        vae.eval()
+        with torch.no_grad():
+            images = faces["train"]
+            plain, flipped = [], []
+            for start in tqdm(range(0, len(images), 32), desc="encoding faces", unit="batch", dynamic_ncols=True):
+                batch = to_model(images[start : start + 32])
+                plain.append(vae.encode(batch).latent_dist.mean)
+                flipped.append(vae.encode(batch.flip(-1)).latent_dist.mean)
+        parts["decoder_latents"] = (torch.cat(plain), torch.cat(flipped))
+    plain, flipped = parts["decoder_latents"]
+    vae.requires_grad_(False)
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in trainable:
+        p.requires_grad_(True)
+    vae.train()
+    use_optimizer(parts, state, torch.optim.AdamW(trainable, lr=float(cfg.decoder.lr), weight_decay=0.0))
+    batch_size, edge_weight = int(cfg.decoder.batch_size), float(cfg.decoder.edge_weight)
+
+    def step() -> float:
+        index = torch.randint(len(plain), (batch_size,), generator=generator)
+        flip = torch.rand(batch_size, generator=generator) < (0.5 if bool(cfg.data.hflip) else 0.0)
+        images = to_model(faces["train"][index])
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        latents = torch.where(flip.view(-1, 1, 1, 1), flipped[index], plain[index])
+        recon = vae.decode(latents).sample
+        loss = F.l1_loss(recon, images)
+        if edge_weight > 0:
+            loss = loss + edge_weight * F.l1_loss(sobel_edges(recon), sobel_edges(images))
+        parts["optimizer"].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        parts["optimizer"].step()
+        return float(loss)
+
+    def sample(step_index: int) -> None:
+        figures = vae_figures(vae, faces["eval"])
+        state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
+        atomic_save_image(figures["grid"], run_dir / f"samples_decoder_{step_index}.png")
+        log.info("decoder step %d: VAE %.2f dB on %d unseen faces", step_index, figures["psnr"], len(faces["eval"]))
+        vae.train()
+
+    run_phase("decoder", cfg, run_dir, state, parts, generator, step, sample, clock)
+    vae.requires_grad_(True).eval()
+
+
+def init_from_folder(folder: str, parts: dict, state: dict, cfg) -> None:
+    """Weights of a finished prior folder (diffusers layout); the run then starts at the decoder phase."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from models.sd_base import _check_local_sd_folder
+
+    _check_local_sd_folder(Path(folder), "init_from")
+    if int(cfg.decoder.steps) <= 0:
+        raise ConfigError("config key 'init_from' starts at the decoder phase: set decoder.steps > 0")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    try:
+        parts["vae"].load_state_dict(vae.state_dict())
+        parts["unet"].load_state_dict(unet.state_dict())
+    except RuntimeError as err:
+        raise ConfigError(
+            f"config key 'init_from': {folder} does not match the vae/unet sizes of this config ({str(err).splitlines()[0]})"
+        ) from err
+    from transformers import CLIPTextModel
+
+    text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32)
+    parts["text_encoder"].load_state_dict(text.state_dict())
+    state.update(phase="decoder", step=0, scaling_factor=float(vae.config.scaling_factor), init_from=str(folder))
+    log.info("init_from %s: VAE, UNet and text encoder loaded; starting at the decoder phase", folder)
+
+
 @torch.no_grad()
 def measure_scaling_factor(vae, images: torch.Tensor, count: int = 512) -> float:
     """1 / std of the posterior means, as SD measured its 0.18215: unit-variance latents for the UNet."""
@@ -480,6 +577,8 @@ def write_summary(cfg, run_dir: Path, state: dict, parts: dict, faces: dict, fin
         "finished": finished,
         "phase": state["phase"],
         "step": state["step"],
+        "steps": state.get("steps", {}),
+        "init_from": state.get("init_from"),
         "resolution": int(cfg.data.resolution),
         "faces": faces["counts"],
         "skipped": faces["skipped"],
@@ -508,6 +607,26 @@ def write_model_card(folder: Path, summary: dict, argv) -> Path:
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     command = "python pretrain_prior.py " + " ".join(argv if argv is not None else sys.argv[1:])
     cfg = summary["config"]
+    steps = summary.get("steps", {})
+    decoder = (
+        f", then the decoder alone {format_seconds(seconds.get('decoder', 0.0))} ({steps['decoder']} steps, encoder and "
+        "UNet frozen: L1 + Sobel-edge L1)"
+        if steps.get("decoder")
+        else ""
+    )
+    if summary.get("init_from"):
+        base = _card_command(Path(summary["init_from"]))
+        made_of = (
+            f"VAE and UNet from `{summary['init_from']}`"
+            + (f" (made by `{base}`)" if base else "")
+            + decoder[1:]
+            + ",\n"
+        )
+    else:
+        made_of = (
+            f"Training time: VAE {format_seconds(seconds['vae'])}, UNet {format_seconds(seconds['unet'])} "
+            f"({steps.get('unet', summary['step'])} UNet steps){decoder},\n"
+        )
     text = f"""# Face prior: a small SD-1.5-shaped diffusion model of faces
 
 The embedded default base model of the demo and of the tests that need a working diffusion model
@@ -540,11 +659,20 @@ use only**, and so are these weights. Figures measured on {summary["faces"]["eva
 ```
 {command}
 ```
-Training time: VAE {format_seconds(seconds["vae"])}, UNet {format_seconds(seconds["unet"])} ({summary["step"]} UNet steps),
-on {platform.machine()} CPU, {torch.get_num_threads()} threads (the project's 2-core machine, no GPU). The resolved
+{made_of}on {platform.machine()} CPU, {torch.get_num_threads()} threads (the project's 2-core machine, no GPU). The resolved
 config is `config.yaml` of the run folder; `configs/prior.yaml` explains each choice.
 """
     return atomic_write_text(folder / "README.md", text)
+
+
+def _card_command(folder: Path) -> str | None:
+    """The command line in an earlier model card of `folder`, if it has one."""
+    card = folder / "README.md"
+    if not card.is_file():
+        return None
+    lines = card.read_text().splitlines()
+    found = [line.strip() for line in lines if line.strip().startswith("python pretrain_prior.py")]
+    return found[0] if found else None
 
 
 class Clock:
@@ -567,6 +695,8 @@ def main(argv: list[str] | None = None) -> dict:
     parts = {"vae": build_vae(cfg), "unet": build_unet(cfg), "text_encoder": text_encoder, "tokenizer": tokenizer}
     generator = torch.Generator().manual_seed(int(cfg.seed))
     state = load_state(run_dir, parts, generator)
+    if cfg.get("init_from") and state["phase"] == "vae" and state["step"] == 0:
+        init_from_folder(str(cfg.init_from), parts, state, cfg)
     log.info(
         "VAE %.2fM, UNet %.2fM, text encoder %.2fM parameters",
         count_parameters(parts["vae"]) / 1e6,
@@ -577,6 +707,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if state["phase"] == "vae":
             train_vae(cfg, run_dir, state, parts, faces, generator, clock)
+            state.setdefault("steps", {})["vae"] = state["step"]
             factor = measure_scaling_factor(parts["vae"], faces["train"])
             parts["vae"].register_to_config(scaling_factor=factor)
             state.update(phase="unet", step=0, scaling_factor=factor)
@@ -586,6 +717,13 @@ def main(argv: list[str] | None = None) -> dict:
             parts["vae"].register_to_config(scaling_factor=float(state["scaling_factor"]))
         if state["phase"] == "unet":
             train_unet(cfg, run_dir, state, parts, faces, generator, clock)
+            state.setdefault("steps", {})["unet"] = state["step"]
+            state.update(phase="decoder", step=0)
+            save_state(run_dir, state, {**parts, "optimizer": None}, generator)
+        if state["phase"] == "decoder":
+            if int(cfg.decoder.steps) > 0:
+                train_decoder(cfg, run_dir, state, parts, faces, generator, clock)
+                state.setdefault("steps", {})["decoder"] = state["step"]
             state["phase"] = "done"
             save_state(run_dir, state, {**parts, "optimizer": None}, generator)
     except TimeUp:

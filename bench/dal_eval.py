@@ -133,6 +133,42 @@ def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
 
 
 @torch.no_grad()
+def vae_ceiling(vae, pairs: dict[str, tuple], resolution: int) -> dict:
+    """What a perfect DDA could reach through this VAE at its resolution: the scores of
+    source + (decode(encode(truth)) - decode(encode(source))) on every makeup-labelled pixel.
+
+    The DDA's change is decode(LoRA latent) - decode(base latent) (RDM adds back the rest), made at its
+    training resolution and resized onto the pair (`DDA._img2img_resized`), so a latent edit that hit the
+    truth's latent exactly would still lose what the VAE cannot carry at that size: thin liner, soft
+    edges. `vae` is a diffusers AutoencoderKL (any module with its encode/decode interface).
+    """
+    import torch.nn.functional as F
+
+    preds, truths, sources, masks = [], [], [], []
+    dtype = next((p.dtype for p in vae.parameters()), torch.float32)
+    for source, truth, mask in pairs.values():
+        s, t = from_uint8(source)[None], from_uint8(truth)[None]
+        size = s.shape[-2:]
+        if size != (resolution, resolution):
+            mode = "area" if size[-1] > resolution else "bilinear"
+            s_r = F.interpolate(s, size=(resolution, resolution), mode=mode)
+            t_r = F.interpolate(t, size=(resolution, resolution), mode=mode)
+        else:
+            s_r, t_r = s, t
+        both = torch.cat([t_r, s_r]).to(dtype)
+        decoded = vae.decode(vae.encode(both).latent_dist.mean).sample.float()
+        change = decoded[:1] - decoded[1:]
+        if change.shape[-2:] != size:
+            change = F.interpolate(change, size=size, mode="bilinear", align_corners=False)
+        made_up = torch.from_numpy(mask > 0)[None, None]
+        preds.append(to_uint8(torch.where(made_up, s + change, s).clamp(-1, 1)[0]))
+        truths.append(truth)
+        sources.append(source)
+        masks.append(mask)
+    return score(preds, truths, sources, masks) | {"resolution": int(resolution)}
+
+
+@torch.no_grad()
 def tinybeauty_on(checkpoint: Path, truth: dict[str, tuple]) -> dict:
     from models.tinybeauty import load_tinybeauty
 
@@ -148,6 +184,28 @@ def tinybeauty_on(checkpoint: Path, truth: dict[str, tuple]) -> dict:
             sources.append(source)
             masks.append(mask)
     return score(preds, truths, sources, masks)
+
+
+def seed_pairs_at(seed_dir: Path, size: int) -> dict[str, tuple]:
+    """The seed pairs resized to the DDA's resolution, as `dda_on_seeds` scores them."""
+    from data.io import resize_labels, resize_rgb
+
+    return {
+        name: (resize_rgb(source, size), resize_rgb(target, size), np.array(resize_labels(mask, size)))
+        for name, (source, target, mask) in load_pairs(seed_dir).items()
+    }
+
+
+def load_vae(pretrained: str):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch.float32).eval()
+
+
+def dda_resolution(dda_dir: Path) -> int:
+    from common import load_checkpoint
+
+    return int(load_checkpoint(dda_dir / "dda_final.pt")["dda"]["settings"]["resolution"])
 
 
 def _overrides(text: str) -> list[str]:
@@ -204,6 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
         timed("dda_training", dda_training.main, dda_args + _overrides(args.dda))
     results: dict = {"template": str(template.name), "pretrained": args.pretrained}
     results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
+    resolution = dda_resolution(dda_dir)
+    results["dda_seeds_vae_ceiling"] = vae_ceiling(
+        load_vae(args.pretrained), seed_pairs_at(seeds, resolution), resolution
+    )
     if args.until == "dda":
         return finish(results, timings, args)
     amplify_faces, heldout_faces = split_faces(Path(args.faces), work, args.amplify, args.heldout, args.seed)
@@ -221,6 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
     sources = [amplified_pairs[n][0] for n in names]
     masks = [amplified_pairs[n][2] for n in names]
     results["amplified_vs_truth"] = score(preds, truths, sources, masks)
+    # The same faces through a perfect latent edit: how much of the goal the base model's VAE allows.
+    results["amplified_vae_ceiling"] = timed(
+        "vae_ceiling", vae_ceiling, load_vae(args.pretrained), truth_pairs, resolution
+    )
     if args.until == "amplify":
         return finish(results, timings, args)
 

@@ -58,7 +58,7 @@ def test_time_slices_resume_and_the_folder_loads_as_sd(faces, tmp_path):
     assert first == {"finished": False, "phase": "vae", "step": 1}
     assert not (out / "model").exists()
     summary = run(faces, out, f"ship_dir={tmp_path / 'shipped'}")
-    assert summary["finished"] and summary["phase"] == "done" and summary["step"] == 3
+    assert summary["finished"] and summary["phase"] == "done" and summary["steps"] == {"vae": 3, "unet": 3}
     log = (out / "train.log").read_text()
     assert "resumed from" in log and "phase vae, step 1" in log
     # bad inputs are skipped and named, the run went on
@@ -87,3 +87,33 @@ def test_no_face_anywhere_names_the_key(tmp_path):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(empty / "grey.png")
     with pytest.raises(MakeupError, match="data.train_dirs"):
         run(empty, tmp_path / "out")
+
+
+def test_decoder_phase_from_a_shipped_prior_keeps_its_latent_space(faces, tmp_path):
+    """init_from + decoder.steps: only the decoder moves; the encoder (so every latent) and the UNet stay."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    base = tmp_path / "base_shipped"
+    run(faces, tmp_path / "base", f"ship_dir={base}")
+    out, shipped = tmp_path / "decoder", tmp_path / "decoder_shipped"
+    extra = ["decoder.steps=2", "decoder.batch_size=2", "decoder.warmup_steps=1", "decoder.lr=1e-2"]
+    summary = run(faces, out, f"init_from={base}", f"ship_dir={shipped}", *extra)
+    assert summary["finished"] and summary["steps"] == {"decoder": 2} and summary["init_from"] == str(base)
+    before, after = (AutoencoderKL.from_pretrained(f, subfolder="vae") for f in (base, shipped))
+    assert after.config.scaling_factor == before.config.scaling_factor
+    for name, value in before.encoder.state_dict().items():
+        assert torch.equal(value, after.encoder.state_dict()[name]), name
+    changed = [n for n, v in before.decoder.state_dict().items() if not torch.equal(v, after.decoder.state_dict()[n])]
+    assert changed  # the decoder trained
+    unet_before, unet_after = (UNet2DConditionModel.from_pretrained(f, subfolder="unet") for f in (base, shipped))
+    for name, value in unet_before.state_dict().items():
+        assert torch.equal(value, unet_after.state_dict()[name]), name
+    card = (shipped / "README.md").read_text()
+    assert "decoder alone" in card and f"VAE and UNet from `{base}`" in card
+    assert list(out.glob("samples_decoder_*.png"))
+
+
+def test_init_from_needs_decoder_steps_and_an_sd_folder(faces, tmp_path):
+    with pytest.raises(MakeupError, match="init_from"):
+        run(faces, tmp_path / "a", f"init_from={tmp_path}", "decoder.steps=2")  # not a diffusers folder
