@@ -146,7 +146,7 @@ def parse_stage_args(
     doc: str | None, default_config: str | os.PathLike, argv: Sequence[str] | None = None
 ) -> tuple[argparse.Namespace, DictConfig]:
     """Parse the shared command line and load the config (a bad key raises ConfigError naming it)."""
-    args = stage_argparser(doc, default_config).parse_args(argv)
+    args = stage_argparser(doc, default_config).parse_intermixed_args(argv)  # --resume may follow key=value overrides
     return args, load_config(default_config, args.overrides, args.config)
 
 
@@ -155,7 +155,7 @@ def parse_resumable_args(
 ) -> tuple[argparse.Namespace, DictConfig, dict | None]:
     """The shared command line, plus `--resume CKPT`: without `--config` the run continues with the
     checkpoint's config (overrides on top). Returns the arguments, the config and the loaded checkpoint."""
-    args = stage_argparser(doc, default_config).parse_args(argv)
+    args = stage_argparser(doc, default_config).parse_intermixed_args(argv)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     from_ckpt = ckpt is not None and Path(args.config).resolve() == Path(default_config).resolve()
     if ckpt is not None and not isinstance(ckpt.get("config"), dict):

@@ -154,7 +154,8 @@ def test_resume_restores_checkpoint_config_and_conv_lora(tiny_sd, pairs5, tmp_pa
     out = tmp_path / "run"
     targets = "lora.target_modules=[to_q,to_v,conv1,conv2]"
     dda_training.main(cli_config(tiny_sd, pairs5, out, "train.epochs=1", "train.checkpoint_every=1", targets))
-    summary = dda_training.main(["--resume", str(out / "dda_checkpoint_epoch_1.pt"), "train.epochs=2"])
+    # --resume may come after key=value overrides too (bench/dal_eval.py appends its --dda string to its own keys)
+    summary = dda_training.main(["train.epochs=2", "--resume", str(out / "dda_checkpoint_epoch_1.pt")])
     assert summary["epochs_this_run"] == 1 and summary["resolution"] == RES
     ckpt = load_checkpoint(out / "dda_final.pt")
     assert ckpt["config"]["lora"]["rank"] == 4 and ckpt["config"]["diffusion"]["num_steps"] == 4
