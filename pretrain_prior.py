@@ -64,6 +64,7 @@ from errors import ConfigError, InputError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "prior.yaml"
 STATE_NAME = "prior_state.pt"
+LATENTS_NAME = "latents_{}.pt"  # the encoder's latents of the training faces per phase, reused by a resumed slice
 MODEL_DIR = "model"
 
 
@@ -356,6 +357,27 @@ def vae_figures(vae, eval_images: torch.Tensor, rows: int = 6) -> dict:
     return {"psnr": round(float(torch.cat(scores).mean()), 3), "grid": grid}
 
 
+def _encoder_fingerprint(vae) -> torch.Tensor:
+    return torch.stack([p.detach().double().sum() for p in vae.encoder.parameters()])
+
+
+def cached_latents(run_dir: Path, kind: str, vae, images: torch.Tensor, encode) -> torch.Tensor | tuple:
+    """`encode()` once per run: the result is kept in run_dir/latents_KIND.pt for the encoder that made it
+    (encoding 4,500 faces takes ~9 minutes on one core; a resumed slice reads them back instead)."""
+    from common import load_checkpoint
+
+    path = run_dir / LATENTS_NAME.format(kind)
+    fingerprint = _encoder_fingerprint(vae)
+    if path.is_file():
+        cache = load_checkpoint(path)
+        if cache["count"] == len(images) and torch.equal(cache["encoder"], fingerprint):
+            log.info("latents of %d faces read from %s", len(images), path)
+            return cache["latents"]
+    latents = encode()
+    save_checkpoint({"count": len(images), "encoder": fingerprint, "latents": latents}, path)
+    return latents
+
+
 @torch.no_grad()
 def encode_all(vae, images: torch.Tensor, hflip: bool) -> torch.Tensor:
     """Posterior means of every face (and of its mirror image), unscaled: (N or 2N, 4, h, w)."""
@@ -374,7 +396,11 @@ def train_unet(cfg, run_dir, state, parts, faces, generator, clock) -> None:
 
     vae, unet = parts["vae"], parts["unet"].train()
     if "latents" not in parts:
-        parts["latents"] = encode_all(vae, faces["train"], bool(cfg.data.hflip)) * vae.config.scaling_factor
+        kind = "unet_hflip" if bool(cfg.data.hflip) else "unet"
+        unscaled = cached_latents(
+            run_dir, kind, vae, faces["train"], lambda: encode_all(vae, faces["train"], bool(cfg.data.hflip))
+        )
+        parts["latents"] = unscaled * vae.config.scaling_factor
     latents = parts["latents"]
     use_optimizer(parts, state, torch.optim.AdamW(unet.parameters(), lr=float(cfg.unet.lr), weight_decay=1e-2))
     scheduler = sd15_scheduler()
@@ -460,19 +486,25 @@ def sobel_edges(images: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernels, groups=3)
 
 
+@torch.no_grad()
+def encode_pairs(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means of every face and of its mirror image, unscaled, index for index: ((N, 4, h, w), same)."""
+    vae.eval()
+    plain, flipped = [], []
+    for start in tqdm(range(0, len(images), 32), desc="encoding faces", unit="batch", dynamic_ncols=True):
+        batch = to_model(images[start : start + 32])
+        plain.append(vae.encode(batch).latent_dist.mean)
+        flipped.append(vae.encode(batch.flip(-1)).latent_dist.mean)
+    return torch.cat(plain), torch.cat(flipped)
+
+
 def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     """The decoder alone on the frozen encoder's latents: the UNet's latent space does not move."""
     vae = parts["vae"]
     if "decoder_latents" not in parts:
-        vae.eval()
-        with torch.no_grad():
-            images = faces["train"]
-            plain, flipped = [], []
-            for start in tqdm(range(0, len(images), 32), desc="encoding faces", unit="batch", dynamic_ncols=True):
-                batch = to_model(images[start : start + 32])
-                plain.append(vae.encode(batch).latent_dist.mean)
-                flipped.append(vae.encode(batch.flip(-1)).latent_dist.mean)
-        parts["decoder_latents"] = (torch.cat(plain), torch.cat(flipped))
+        parts["decoder_latents"] = cached_latents(
+            run_dir, "decoder", vae, faces["train"], lambda: encode_pairs(vae, faces["train"])
+        )
     plain, flipped = parts["decoder_latents"]
     vae.requires_grad_(False)
     trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())

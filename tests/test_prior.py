@@ -79,6 +79,7 @@ def test_time_slices_resume_and_the_folder_loads_as_sd(faces, tmp_path):
         assert str(f.get_tensor(next(iter(f.keys()))).dtype) == "torch.float16"
     assert json.loads((out / "summary.json").read_text())["finished"] is True
     assert list(out.glob("samples_vae_*.png")) and list(out.glob("samples_img2img_*.png"))
+    assert (out / "latents_unet_hflip.pt").is_file()
 
 
 def test_no_face_anywhere_names_the_key(tmp_path):
@@ -98,7 +99,10 @@ def test_decoder_phase_from_a_shipped_prior_keeps_its_latent_space(faces, tmp_pa
     run(faces, tmp_path / "base", f"ship_dir={base}")
     out, shipped = tmp_path / "decoder", tmp_path / "decoder_shipped"
     extra = ["decoder.steps=2", "decoder.batch_size=2", "decoder.warmup_steps=1", "decoder.lr=1e-2"]
+    first = run(faces, out, f"init_from={base}", "stop_after=0.0001", *extra)  # a slice: one decoder step
+    assert first == {"finished": False, "phase": "decoder", "step": 1}
     summary = run(faces, out, f"init_from={base}", f"ship_dir={shipped}", *extra)
+    assert "latents of 6 faces read from" in (out / "train.log").read_text()  # the slice's encoding was kept
     assert summary["finished"] and summary["steps"] == {"decoder": 2} and summary["init_from"] == str(base)
     before, after = (AutoencoderKL.from_pretrained(f, subfolder="vae") for f in (base, shipped))
     assert after.config.scaling_factor == before.config.scaling_factor
