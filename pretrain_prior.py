@@ -535,6 +535,13 @@ def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
         state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
         atomic_save_image(figures["grid"], run_dir / f"samples_decoder_{step_index}.png")
         log.info("decoder step %d: VAE %.2f dB on %d unseen faces", step_index, figures["psnr"], len(faces["eval"]))
+        if step_index == int(cfg.decoder.steps):  # the new decoder changes what img2img decodes too
+            img2img = img2img_figures(cfg, parts, faces["eval"])
+            state["figures"]["img2img_psnr_db"] = img2img["psnr"]
+            atomic_save_image(img2img["grid"], run_dir / f"samples_img2img_decoder_{step_index}.png")
+            log.info(
+                "decoder step %d: img2img %.2f dB on %d unseen faces", step_index, img2img["psnr"], len(faces["eval"])
+            )
         vae.train()
 
     run_phase("decoder", cfg, run_dir, state, parts, generator, step, sample, clock)

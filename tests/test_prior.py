@@ -116,6 +116,7 @@ def test_decoder_phase_from_a_shipped_prior_keeps_its_latent_space(faces, tmp_pa
     card = (shipped / "README.md").read_text()
     assert "decoder alone" in card and f"VAE and UNet from `{base}`" in card
     assert list(out.glob("samples_decoder_*.png"))
+    assert summary["figures"]["img2img_psnr_db"] > 0 and list(out.glob("samples_img2img_decoder_*.png"))
 
 
 def test_init_from_needs_decoder_steps_and_an_sd_folder(faces, tmp_path):
