@@ -379,16 +379,27 @@ def cached_latents(run_dir: Path, kind: str, vae, images: torch.Tensor, encode) 
 
 
 @torch.no_grad()
-def encode_all(vae, images: torch.Tensor, hflip: bool) -> torch.Tensor:
-    """Posterior means of every face (and of its mirror image), unscaled: (N or 2N, 4, h, w)."""
+def _encoded_chunks(vae, images: torch.Tensor, hflip: bool):
+    """(plain, mirrored or None) posterior means, unscaled, for each chunk of 32 faces."""
     vae.eval()
-    latents = []
     for start in tqdm(range(0, len(images), 32), desc="encoding faces", unit="batch", dynamic_ncols=True):
         batch = to_model(images[start : start + 32])
-        latents.append(vae.encode(batch).latent_dist.mean)
-        if hflip:
-            latents.append(vae.encode(batch.flip(-1)).latent_dist.mean)
+        plain = vae.encode(batch).latent_dist.mean
+        yield plain, (vae.encode(batch.flip(-1)).latent_dist.mean if hflip else None)
+
+
+def encode_all(vae, images: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """Posterior means of every face (and of its mirror image), unscaled: (N or 2N, 4, h, w)."""
+    latents = []
+    for plain, mirrored in _encoded_chunks(vae, images, hflip):
+        latents += [plain] if mirrored is None else [plain, mirrored]
     return torch.cat(latents)
+
+
+def encode_pairs(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means of every face and of its mirror image, unscaled, index for index: ((N, 4, h, w), same)."""
+    plain, mirrored = zip(*_encoded_chunks(vae, images, hflip=True))
+    return torch.cat(plain), torch.cat(mirrored)
 
 
 def train_unet(cfg, run_dir, state, parts, faces, generator, clock) -> None:
@@ -479,27 +490,10 @@ def img2img_figures(cfg, parts: dict, eval_images: torch.Tensor, rows: int = 6) 
     return {"psnr": round(float(torch.cat(scores).mean()), 3), "grid": grid}
 
 
-def sobel_edges(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 6, H, W) horizontal and vertical Sobel responses per channel."""
-    kernel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=images.device)
-    kernels = torch.stack([kernel, kernel.t()])[:, None].repeat(3, 1, 1, 1).to(images.dtype)
-    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernels, groups=3)
-
-
-@torch.no_grad()
-def encode_pairs(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means of every face and of its mirror image, unscaled, index for index: ((N, 4, h, w), same)."""
-    vae.eval()
-    plain, flipped = [], []
-    for start in tqdm(range(0, len(images), 32), desc="encoding faces", unit="batch", dynamic_ncols=True):
-        batch = to_model(images[start : start + 32])
-        plain.append(vae.encode(batch).latent_dist.mean)
-        flipped.append(vae.encode(batch.flip(-1)).latent_dist.mean)
-    return torch.cat(plain), torch.cat(flipped)
-
-
 def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     """The decoder alone on the frozen encoder's latents: the UNet's latent space does not move."""
+    from losses.eyeliner import sobel_gradients
+
     vae = parts["vae"]
     if "decoder_latents" not in parts:
         parts["decoder_latents"] = cached_latents(
@@ -523,7 +517,8 @@ def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
         recon = vae.decode(latents).sample
         loss = F.l1_loss(recon, images)
         if edge_weight > 0:
-            loss = loss + edge_weight * F.l1_loss(sobel_edges(recon), sobel_edges(images))
+            # per colour channel: a red lip outline on skin has little luma contrast
+            loss = loss + edge_weight * F.l1_loss(sobel_gradients(recon), sobel_gradients(images))
         parts["optimizer"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

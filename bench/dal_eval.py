@@ -262,10 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         timed("dda_training", dda_training.main, dda_args + _overrides(args.dda))
     results: dict = {"template": str(template.name), "pretrained": args.pretrained}
     results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
-    resolution = dda_resolution(dda_dir)
-    results["dda_seeds_vae_ceiling"] = vae_ceiling(
-        load_vae(args.pretrained), seed_pairs_at(seeds, resolution), resolution
-    )
+    resolution, base_vae = dda_resolution(dda_dir), load_vae(args.pretrained)
+    results["dda_seeds_vae_ceiling"] = vae_ceiling(base_vae, seed_pairs_at(seeds, resolution), resolution)
     if args.until == "dda":
         return finish(results, timings, args)
     amplify_faces, heldout_faces = split_faces(Path(args.faces), work, args.amplify, args.heldout, args.seed)
@@ -284,9 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     masks = [amplified_pairs[n][2] for n in names]
     results["amplified_vs_truth"] = score(preds, truths, sources, masks)
     # The same faces through a perfect latent edit: how much of the goal the base model's VAE allows.
-    results["amplified_vae_ceiling"] = timed(
-        "vae_ceiling", vae_ceiling, load_vae(args.pretrained), truth_pairs, resolution
-    )
+    results["amplified_vae_ceiling"] = timed("vae_ceiling", vae_ceiling, base_vae, truth_pairs, resolution)
     if args.until == "amplify":
         return finish(results, timings, args)
 

@@ -17,12 +17,18 @@ _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
+def sobel_gradients(image: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 2C, H, W): the horizontal and vertical Sobel responses of each channel (x, y per channel)."""
+    channels = image.shape[1]
+    kernels = torch.stack([_SOBEL_X, _SOBEL_X.t()])[:, None].repeat(channels, 1, 1, 1).to(image)  # (2C, 1, 3, 3)
+    return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernels, groups=channels)
+
+
 def sobel_magnitude(image: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """(B, 3, H, W) or (B, 1, H, W) -> (B, 1, H, W) gradient magnitude of the grayscale image."""
     if image.shape[1] == 3:
         image = (image * _LUMA.to(image)[None, :, None, None]).sum(1, keepdim=True)
-    kernels = torch.stack([_SOBEL_X, _SOBEL_X.t()])[:, None].to(image)  # (2, 1, 3, 3)
-    grad = F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernels)
+    grad = sobel_gradients(image)
     return torch.sqrt(grad.pow(2).sum(1, keepdim=True) + eps)
 
 
