@@ -22,7 +22,8 @@ The parts, trained in this order (each phase resumes where a killed or time-slic
 4. decoder (`decoder.steps`, optional): the VAE's decoder alone, fine-tuned on the same latents with
    the encoder frozen (L1 + an L1 on Sobel image gradients), so the latent space and the UNet trained
    on it stay valid while thin lines and edges (liner, lip outlines) come back sharper. With
-   `init_from=FOLDER` (a finished prior) the run starts here, from that folder's weights.
+   `init_from=FOLDER` (a finished prior) the run starts here, from that folder's weights; with
+   `init_phase=unet` it fine-tunes that folder's UNet first (e.g. at a higher `data.resolution`).
 5. export + figures: the tiny text encoder (frozen, random: the prompt is a fixed code the UNet
    learns to ignore) and SD 1.5's scheduler config complete the folder; VAE PSNR and img2img
    reconstruction PSNR at the DDA's strength are measured on unseen faces (`data.eval_dir`).
@@ -85,7 +86,8 @@ def load_faces(cfg, run_dir: Path) -> dict:
         images = np.stack([resize_rgb(np.asarray(c), size) for c in crops.crops]) if crops.names else None
         return crops, images
 
-    train, train_images = prepared(list(cfg.data.train_dirs), "faces_train", None)
+    count = int(cfg.data.get("train_count", 0))
+    train, train_images = prepared(list(cfg.data.train_dirs), "faces_train", count if count > 0 else None)
     if train_images is None:
         raise ConfigError(f"config key 'data.train_dirs': no face found in {list(cfg.data.train_dirs)}")
     evaluation, eval_images = prepared([cfg.data.eval_dir], "faces_eval", int(cfg.data.eval_count))
@@ -543,15 +545,24 @@ def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     vae.requires_grad_(True).eval()
 
 
+INIT_PHASES = ("decoder", "unet")
+
+
 def init_from_folder(folder: str, parts: dict, state: dict, cfg) -> None:
-    """Weights of a finished prior folder (diffusers layout); the run then starts at the decoder phase."""
+    """Weights of a finished prior folder (diffusers layout); the run then starts at `init_phase`: the decoder
+    phase, or a fine-tune of the UNet (e.g. at a new `data.resolution`: the VAE and UNet are convolutional)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from models.sd_base import _check_local_sd_folder
 
+    phase = str(cfg.get("init_phase", "decoder"))
+    if phase not in INIT_PHASES:
+        raise ConfigError(f"config key 'init_phase': {phase!r} is not one of {', '.join(INIT_PHASES)}")
     _check_local_sd_folder(Path(folder), "init_from")
-    if int(cfg.decoder.steps) <= 0:
+    if phase == "decoder" and int(cfg.decoder.steps) <= 0:
         raise ConfigError("config key 'init_from' starts at the decoder phase: set decoder.steps > 0")
+    if phase == "unet" and int(cfg.unet.steps) <= 0:
+        raise ConfigError("config key 'init_phase' is unet: set unet.steps > 0")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
     try:
@@ -565,8 +576,8 @@ def init_from_folder(folder: str, parts: dict, state: dict, cfg) -> None:
 
     text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32)
     parts["text_encoder"].load_state_dict(text.state_dict())
-    state.update(phase="decoder", step=0, scaling_factor=float(vae.config.scaling_factor), init_from=str(folder))
-    log.info("init_from %s: VAE, UNet and text encoder loaded; starting at the decoder phase", folder)
+    state.update(phase=phase, step=0, scaling_factor=float(vae.config.scaling_factor), init_from=str(folder))
+    log.info("init_from %s: VAE, UNet and text encoder loaded; starting at the %s phase", folder, phase)
 
 
 @torch.no_grad()
@@ -650,9 +661,16 @@ def write_model_card(folder: Path, summary: dict, argv) -> Path:
     )
     if summary.get("init_from"):
         base = _card_command(Path(summary["init_from"]))
+        unet = (
+            f"; the UNet fine-tuned on it at {summary['resolution']} px for {steps['unet']} steps in "
+            f"{format_seconds(seconds.get('unet', 0.0))}"
+            if steps.get("unet")
+            else ""
+        )
         made_of = (
             f"VAE and UNet from `{summary['init_from']}`"
             + (f" (made by `{base}`)" if base else "")
+            + unet
             + decoder[1:]
             + ",\n"
         )
@@ -731,6 +749,16 @@ def main(argv: list[str] | None = None) -> dict:
     state = load_state(run_dir, parts, generator)
     if cfg.get("init_from") and state["phase"] == "vae" and state["step"] == 0:
         init_from_folder(str(cfg.init_from), parts, state, cfg)
+        if state["phase"] == "unet":  # the folder's VAE, measured at this run's resolution
+            figures = vae_figures(parts["vae"], faces["eval"])
+            state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
+            atomic_save_image(figures["grid"], run_dir / "samples_vae_init.png")
+            log.info(
+                "init_from VAE at %d px: %.2f dB on %d unseen faces",
+                cfg.data.resolution,
+                figures["psnr"],
+                len(faces["eval"]),
+            )
     log.info(
         "VAE %.2fM, UNet %.2fM, text encoder %.2fM parameters",
         count_parameters(parts["vae"]) / 1e6,

@@ -90,13 +90,20 @@ def test_no_face_anywhere_names_the_key(tmp_path):
         run(empty, tmp_path / "out")
 
 
-def test_decoder_phase_from_a_shipped_prior_keeps_its_latent_space(faces, tmp_path):
+@pytest.fixture(scope="module")
+def shipped_base(faces, tmp_path_factory):
+    """A finished small prior in the shipped (fp16) layout, for the init_from runs."""
+    folder = tmp_path_factory.mktemp("prior_base")
+    run(faces, folder / "run", f"ship_dir={folder / 'shipped'}")
+    return folder / "shipped"
+
+
+def test_decoder_phase_from_a_shipped_prior_keeps_its_latent_space(faces, shipped_base, tmp_path):
     """init_from + decoder.steps: only the decoder moves; the encoder (so every latent) and the UNet stay."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    base = tmp_path / "base_shipped"
-    run(faces, tmp_path / "base", f"ship_dir={base}")
+    base = shipped_base
     out, shipped = tmp_path / "decoder", tmp_path / "decoder_shipped"
     extra = ["decoder.steps=2", "decoder.batch_size=2", "decoder.warmup_steps=1", "decoder.lr=1e-2"]
     first = run(faces, out, f"init_from={base}", "stop_after=0.0001", *extra)  # a slice: one decoder step
@@ -117,6 +124,32 @@ def test_decoder_phase_from_a_shipped_prior_keeps_its_latent_space(faces, tmp_pa
     assert "decoder alone" in card and f"VAE and UNet from `{base}`" in card
     assert list(out.glob("samples_decoder_*.png"))
     assert summary["figures"]["img2img_psnr_db"] > 0 and list(out.glob("samples_img2img_decoder_*.png"))
+
+
+def test_unet_phase_from_a_shipped_prior_at_a_new_resolution(faces, shipped_base, tmp_path):
+    """init_phase=unet: the folder's VAE is kept bit for bit, its UNet is fine-tuned at data.resolution (here 2x)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    out, shipped = tmp_path / "unet", tmp_path / "unet_shipped"
+    extra = [f"init_from={shipped_base}", "init_phase=unet", "data.resolution=64", "data.train_count=4"]
+    summary = run(faces, out, f"ship_dir={shipped}", *extra)
+    assert summary["finished"] and summary["steps"] == {"unet": 3} and summary["faces"]["train"] == 4
+    assert summary["resolution"] == 64 and summary["figures"]["vae_psnr_db"] > 0  # the VAE measured at 64 px
+    assert summary["figures"]["img2img_psnr_db"] > 0 and (out / "samples_vae_init.png").is_file()
+    before, after = (AutoencoderKL.from_pretrained(f, subfolder="vae") for f in (shipped_base, shipped))
+    assert after.config.scaling_factor == before.config.scaling_factor
+    for name, value in before.state_dict().items():
+        assert torch.equal(value, after.state_dict()[name]), name
+    unet_before, unet_after = (
+        UNet2DConditionModel.from_pretrained(f, subfolder="unet") for f in (shipped_base, shipped)
+    )
+    assert unet_after.config.sample_size == 2 * unet_before.config.sample_size  # pipelines default to 64 px now
+    assert any(not torch.equal(v, unet_after.state_dict()[n]) for n, v in unet_before.state_dict().items())
+    card = (shipped / "README.md").read_text()
+    assert f"VAE and UNet from `{shipped_base}`" in card and "UNet fine-tuned on it at 64 px for 3 steps" in card
+    with pytest.raises(MakeupError, match="init_phase"):
+        run(faces, tmp_path / "bad", f"init_from={shipped_base}", "init_phase=vae")
 
 
 def test_init_from_needs_decoder_steps_and_an_sd_folder(faces, tmp_path):
