@@ -87,9 +87,7 @@ RECORDED_SETTINGS = (
     "region_weights",
     "style",
     "resolution",
-    "noise_average",
 )
-RECORD_DEFAULTS = {"noise_average": 1}  # keys recorded since a later version: what an older manifest's pairs used
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,9 +235,6 @@ def style_record(cfg: DictConfig) -> str | dict[str, str]:
     return owner
 
 
-NOISE_DRAW_STRIDE = 1_000_003  # seed offset of each further noise draw of `noise_average`
-
-
 def generate(
     models: dict, cfg: DictConfig, source: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int]
 ) -> torch.Tensor:
@@ -255,15 +250,9 @@ def generate(
         if overrides and all(overrides.get(r) == 0 for r in REGIONS):
             continue  # this style owns no region with any weight
         dda = models[checkpoint]
-        change = torch.zeros_like(source)
-        draws = int(cfg.noise_average)
-        for draw in range(draws):  # draw 0 is the pair's own seed: noise_average=1 is the plain run
-            generators = [
-                torch.Generator(device=source.device).manual_seed(int(s) + draw * NOISE_DRAW_STRIDE) for s in seeds
-            ]
-            styled = dda.img2img(source, mask, region_weights=overrides, generator=generators, **settings)
-            change += (styled.float() - source) / draws
-        target = target + change  # each style changes only its own regions
+        generators = [torch.Generator(device=source.device).manual_seed(int(s)) for s in seeds]
+        styled = dda.img2img(source, mask, region_weights=overrides, generator=generators, **settings)
+        target = target + (styled.float() - source)  # each style changes only its own regions
     return target.clamp(-1, 1)
 
 
@@ -362,10 +351,9 @@ def check_settings(records: dict[str, dict], jobs: Sequence[Job], settings: dict
             continue
         wanted = dict(settings, seed=job.seed)
         for key in RECORDED_SETTINGS:
-            made_with = record.get(key, RECORD_DEFAULTS.get(key))
-            if made_with != wanted[key]:
+            if record.get(key) != wanted[key]:
                 raise InputError(
-                    f"{out_dir} holds pairs made with {key}={made_with!r} (e.g. {record['name']}), "
+                    f"{out_dir} holds pairs made with {key}={record.get(key)!r} (e.g. {record['name']}), "
                     f"not {wanted[key]!r}: use a new output_dir or the same settings to resume"
                 )
 
@@ -375,7 +363,6 @@ def check_settings(records: dict[str, dict], jobs: Sequence[Job], settings: dict
 # --------------------------------------------------------------------------------------------
 def run_settings(cfg: DictConfig, resolution: int) -> dict:
     return {
-        "noise_average": int(cfg.noise_average),
         "strength": float(cfg.strength),
         "num_steps": int(cfg.num_steps),
         "scheduler": str(cfg.scheduler),
@@ -602,7 +589,7 @@ def check_config(cfg: DictConfig) -> None:
         raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)} or null, not '{cfg.scheduler}'")
     if cfg.strength is not None and not 0 < float(cfg.strength) <= 1:
         raise bad("strength", f"must be in (0, 1] or null, not {cfg.strength}")
-    for key in ("num_steps", "batch_size", "variants_per_face", "noise_average"):
+    for key in ("num_steps", "batch_size", "variants_per_face"):
         if cfg[key] is not None and int(cfg[key]) < 1:
             raise bad(key, f"must be at least 1, not {cfg[key]}")
     weights = dict(cfg.region_weights)

@@ -61,15 +61,19 @@ DEFAULT_NUM_STEPS = 10
 DEFAULT_SCHEDULER = "ddim"
 
 
-def add_lora(unet: nn.Module, rank: int, lora_alpha: float, target_modules: list[str] | None = None) -> None:
+def add_lora(
+    unet: nn.Module, rank: int, lora_alpha: float, target_modules: list[str] | None = None, dropout: float = 0.0
+) -> None:
     """LoRA through peft as diffusers' LoRA examples add it; `target_modules` are module-name suffixes
-    (default: the attention projections; `lora.target_modules` in configs/dda.yaml adds the convolutions)."""
+    (default: the attention projections; `lora.target_modules` in configs/dda.yaml adds the convolutions).
+    `dropout`: peft's lora_dropout on the LoRA branch's input, active in train mode only."""
     from peft import LoraConfig
 
     unet.add_adapter(
         LoraConfig(
             r=int(rank),
             lora_alpha=float(lora_alpha),
+            lora_dropout=float(dropout),
             init_lora_weights="gaussian",
             target_modules=list(target_modules or LORA_TARGET_MODULES),
         )
@@ -163,6 +167,7 @@ class DDA(nn.Module):
         num_steps: int = DEFAULT_NUM_STEPS,
         scheduler: str = DEFAULT_SCHEDULER,
         lora_targets: list[str] | None = None,
+        lora_dropout: float = 0.0,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -172,7 +177,7 @@ class DDA(nn.Module):
         self.noise_scheduler = base["noise_scheduler"]
         unet = base["unet"]
         self.lora_targets = list(lora_targets or LORA_TARGET_MODULES)
-        add_lora(unet, lora_rank, lora_alpha, self.lora_targets)
+        add_lora(unet, lora_rank, lora_alpha, self.lora_targets, lora_dropout)
         self.rdm = RDM(unet, alpha=rdm_alpha)
         self.fgmm = FGMM(**(fgmm or {}))
         self.prompt, self.resolution = prompt, int(resolution)

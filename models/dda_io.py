@@ -69,6 +69,7 @@ def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torc
         num_steps=int(cfg.diffusion.num_steps),
         scheduler=str(cfg.diffusion.scheduler),
         lora_targets=list(cfg.lora.target_modules),
+        lora_dropout=float(cfg.lora.get("dropout", 0.0)),
     )
 
 

@@ -335,33 +335,9 @@ def test_resume_refuses_other_settings(inputs, accelerator, tmp_path):
         run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "strength=0.5")
     with pytest.raises(MakeupError, match="seed"):
         run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "seed=3")
-    with pytest.raises(MakeupError, match="noise_average"):
-        run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "noise_average=2")
     cfg = fake_cfg(inputs, tmp_path / "out", "num_images=1")
     with pytest.raises(MakeupError, match="resolution"):
         amp.amplify(cfg, accelerator, {"fake.pt": FakeDDA()}, FakeAligner(), FakeParser(), RES // 2)
-    # a manifest written before noise_average was recorded holds one-draw pairs: it still resumes with the default
-    lines = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
-    old = "".join(json.dumps({k: v for k, v in r.items() if k != "noise_average"}) + "\n" for r in lines)
-    (tmp_path / "out" / "manifest.jsonl").write_text(old)
-    assert run_fake(inputs, tmp_path / "out", accelerator, "num_images=1")["made"] == 0
-
-
-def test_noise_average_is_the_mean_change_of_its_draws(tmp_path):
-    """noise_average=K: the makeup change averaged over K seeds (the pair's own, then + k * stride)."""
-    sampling = ["strength=0.3", "num_steps=10", "scheduler=ddim"]  # what the checkpoint would fill in
-    cfg1 = fake_cfg(tmp_path, tmp_path / "o", "noise_average=1", *sampling)
-    cfg3 = fake_cfg(tmp_path, tmp_path / "o", "noise_average=3", *sampling)
-    models = {"fake.pt": FakeDDA()}
-    source = torch.zeros(2, 3, RES, RES)
-    mask = torch.from_numpy(FakeParser().parse(np.full((RES, RES, 3), 128, np.uint8)).makeup)[None].repeat(2, 1, 1)
-    seeds = [11, 12]
-    averaged = amp.generate(models, cfg3, source, mask, seeds)
-    draws = [amp.generate(models, cfg1, source, mask, [s + k * amp.NOISE_DRAW_STRIDE for s in seeds]) for k in range(3)]
-    assert torch.allclose(averaged, sum(draws) / 3, atol=1e-6)
-    assert torch.equal(amp.generate(models, cfg1, source, mask, seeds), draws[0])  # one draw: the plain run
-    assert averaged[:, :, mask[0] == 0].abs().max() == 0  # background still the source
-    assert averaged.std() < draws[0].std()  # the noise part shrinks
 
 
 class SplitAccelerator:
@@ -465,7 +441,6 @@ def test_keep_source_outside_makeup():
         ("scheduler=pndm", "scheduler"),
         ("strength=0.0", "strength"),
         ("batch_size=0", "batch_size"),
-        ("noise_average=0", "noise_average"),
         ("styles={nose: a.pt}", "styles"),
         ("region_weights.lips=-1", "region_weights"),
         ("region_weights.lips=red", "region_weights"),

@@ -164,3 +164,29 @@ def test_resume_restores_checkpoint_config_and_conv_lora(tiny_sd, pairs5, tmp_pa
     dda = load_dda(out / "dda_final.pt")
     assert (dda.strength, dda.num_steps) == (0.5, 4)
     assert sorted(dda.lora_targets) == ["conv1", "conv2", "to_q", "to_v"]
+
+
+def test_lora_dropout_acts_in_training_only(tiny_sd):
+    """lora.dropout reaches peft's LoRA layers: the LoRA branch is random in train mode, fixed in eval mode."""
+    from common import load_config
+    from dda_training import DEFAULT_CONFIG
+    from models.dda_io import build_dda
+
+    cfg = load_config(DEFAULT_CONFIG, [f"model.pretrained={tiny_sd}", f"train.resolution={RES}", "lora.dropout=0.5"])
+    dda = build_dda(cfg)
+    drops = [m for n, m in dda.unet.named_modules() if n.endswith("lora_dropout.default")]
+    assert drops and all(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in drops)
+    for name, param in dda.unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)  # B starts at zero: give the LoRA branch an output
+    latent = torch.randn(1, 4, RES // 8, RES // 8, generator=torch.Generator().manual_seed(0))
+    text = dda.encode_prompt()
+    t = torch.tensor([100])
+    dda.train()
+    with torch.no_grad():
+        a, b = (dda.unet(latent, t, text).sample for _ in range(2))
+    assert not torch.equal(a, b)
+    dda.eval()
+    with torch.no_grad():
+        c, d = (dda.unet(latent, t, text).sample for _ in range(2))
+    assert torch.equal(c, d)
