@@ -679,6 +679,7 @@ def write_model_card(folder: Path, summary: dict, argv) -> Path:
             f"Training time: VAE {format_seconds(seconds['vae'])}, UNet {format_seconds(seconds['unet'])} "
             f"({steps.get('unet', summary['step'])} UNet steps){decoder},\n"
         )
+    threads = f"{torch.get_num_threads()} thread" + ("s" if torch.get_num_threads() > 1 else "")
     text = f"""# Face prior: a small SD-1.5-shaped diffusion model of faces
 
 The embedded default base model of the demo and of the tests that need a working diffusion model
@@ -711,7 +712,7 @@ use only**, and so are these weights. Figures measured on {summary["faces"]["eva
 ```
 {command}
 ```
-{made_of}on {platform.machine()} CPU, {torch.get_num_threads()} threads (the project's 2-core machine, no GPU). The resolved
+{made_of}on {platform.machine()} CPU, {threads} (the project's 2-core machine, no GPU). The resolved
 config is `config.yaml` of the run folder; `configs/prior.yaml` explains each choice.
 """
     return atomic_write_text(folder / "README.md", text)
