@@ -8,7 +8,7 @@
 
 A makeup template (configs/makeup/*.yaml) rendered on a face is that face's true made-up version, so
 every part of the chain can be scored. The bench runs the project's own stage scripts:
-1. `make_seed_pairs.py`: 5 seed pairs from `--seed-faces` (the bundled sample faces by default);
+1. `make_seed_pairs.py`: `--seeds` (5) seed pairs from `--seed-faces` (the bundled sample faces by default);
 2. `dda_training.py` on them over `--pretrained` (any SD-1.5-shaped folder);
 3. `dda_amplify.py` on `--amplify` faces of `--faces` that stages 1-2 never saw, at `--size`;
 4. the truth: the template rendered on the very crop the amplifier wrote (face parser on that crop);
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pretrained", required=True, help="SD-1.5-shaped diffusers folder (or hub id) for the DDA")
     parser.add_argument("--faces", default=str(REPO.parent / "shared" / "data" / "faces"), help="unseen faces")
     parser.add_argument("--seed-faces", default=str(REPO / "data" / "samples" / "faces"))
+    parser.add_argument("--seeds", type=int, default=5, help="seed pairs the DDA trains on (default 5, the paper's)")
     parser.add_argument("--amplify", type=int, default=300, help="faces to amplify (default 300)")
     parser.add_argument("--heldout", type=int, default=100, help="faces to score TinyBeauty on (default 100)")
     parser.add_argument("--size", type=int, default=256, help="amplified pair size (default 256)")
@@ -252,13 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
     timed(
         "seed_pairs",
         make_seed_pairs.main,
-        ["--faces", args.seed_faces, "--template", args.template, "--num", "5", "--size", str(args.size)]
+        ["--faces", args.seed_faces, "--template", args.template, "--num", str(args.seeds), "--size", str(args.size)]
         + ["--output", str(seeds)],
     )
     dda_dir = work / "dda"
     if not (dda_dir / "dda_final.pt").is_file():
         dda_args = [f"model.pretrained={args.pretrained}", f"data.root={seeds}", f"output_dir={dda_dir}"]
-        dda_args += ["wandb.mode=disabled"]
+        dda_args += ["wandb.mode=disabled", f"data.num_pairs={args.seeds}"]
         timed("dda_training", dda_training.main, dda_args + _overrides(args.dda))
     results: dict = {"template": str(template.name), "pretrained": args.pretrained}
     results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
