@@ -335,13 +335,20 @@ def train_vae(cfg, run_dir, state, parts, faces, generator, clock) -> None:
         return float(loss)
 
     def sample(step_index: int) -> None:
-        figures = vae_figures(vae, faces["eval"])
-        state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
-        atomic_save_image(figures["grid"], run_dir / f"samples_vae_{step_index}.png")
-        log.info("vae step %d: %.2f dB on %d unseen faces", step_index, figures["psnr"], len(faces["eval"]))
+        record_vae_figures(
+            vae, faces["eval"], state, run_dir / f"samples_vae_{step_index}.png", f"vae step {step_index}:"
+        )
         vae.train()
 
     run_phase("vae", cfg, run_dir, state, parts, generator, step, sample, clock)
+
+
+def record_vae_figures(vae, eval_images: torch.Tensor, state: dict, grid_path: Path, label: str) -> None:
+    """VAE PSNR on the unseen faces into state["figures"], its sample grid to `grid_path`, one log line."""
+    figures = vae_figures(vae, eval_images)
+    state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
+    atomic_save_image(figures["grid"], grid_path)
+    log.info("%s %.2f dB on %d unseen faces", label, figures["psnr"], len(eval_images))
 
 
 @torch.no_grad()
@@ -528,10 +535,8 @@ def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
         return float(loss)
 
     def sample(step_index: int) -> None:
-        figures = vae_figures(vae, faces["eval"])
-        state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
-        atomic_save_image(figures["grid"], run_dir / f"samples_decoder_{step_index}.png")
-        log.info("decoder step %d: VAE %.2f dB on %d unseen faces", step_index, figures["psnr"], len(faces["eval"]))
+        grid_path = run_dir / f"samples_decoder_{step_index}.png"
+        record_vae_figures(vae, faces["eval"], state, grid_path, f"decoder step {step_index}: VAE")
         if step_index == int(cfg.decoder.steps):  # the new decoder changes what img2img decodes too
             img2img = img2img_figures(cfg, parts, faces["eval"])
             state["figures"]["img2img_psnr_db"] = img2img["psnr"]
@@ -679,7 +684,8 @@ def write_model_card(folder: Path, summary: dict, argv) -> Path:
             f"Training time: VAE {format_seconds(seconds['vae'])}, UNet {format_seconds(seconds['unet'])} "
             f"({steps.get('unet', summary['step'])} UNet steps){decoder},\n"
         )
-    threads = f"{torch.get_num_threads()} thread" + ("s" if torch.get_num_threads() > 1 else "")
+    count = torch.get_num_threads()
+    threads = f"{count} thread" + ("s" if count > 1 else "")
     text = f"""# Face prior: a small SD-1.5-shaped diffusion model of faces
 
 The embedded default base model of the demo and of the tests that need a working diffusion model
@@ -751,15 +757,8 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.get("init_from") and state["phase"] == "vae" and state["step"] == 0:
         init_from_folder(str(cfg.init_from), parts, state, cfg)
         if state["phase"] == "unet":  # the folder's VAE, measured at this run's resolution
-            figures = vae_figures(parts["vae"], faces["eval"])
-            state.setdefault("figures", {})["vae_psnr_db"] = figures["psnr"]
-            atomic_save_image(figures["grid"], run_dir / "samples_vae_init.png")
-            log.info(
-                "init_from VAE at %d px: %.2f dB on %d unseen faces",
-                cfg.data.resolution,
-                figures["psnr"],
-                len(faces["eval"]),
-            )
+            label = f"init_from VAE at {cfg.data.resolution} px:"
+            record_vae_figures(parts["vae"], faces["eval"], state, run_dir / "samples_vae_init.png", label)
     log.info(
         "VAE %.2fM, UNet %.2fM, text encoder %.2fM parameters",
         count_parameters(parts["vae"]) / 1e6,
