@@ -47,11 +47,32 @@ from data.makeup_truth import load_pairs, render_truth, score  # noqa: E402
 # --------------------------------------------------------------------------------------------
 # Steps
 # --------------------------------------------------------------------------------------------
-def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: int) -> tuple[Path, Path]:
-    """Two folders of symlinks: `amplify` faces for stage 3, `heldout` others for scoring (a seeded shuffle)."""
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def seed_face_digests(seed_faces: Path, seed_dir: Path) -> set[str]:
+    """Content digests of the photos stage 1 turned into seed pairs (the pairs are named by the photo's stem)."""
+    used = {p.stem for p in list_images(seed_dir / "source")}
+    return {file_digest(p) for p in list_images(seed_faces) if p.stem in used}
+
+
+def split_faces(
+    faces_dir: Path, work: Path, amplify: int, heldout: int, seed: int, exclude: set[str] = frozenset()
+) -> tuple[Path, Path]:
+    """Two folders of symlinks: `amplify` faces for stage 3, `heldout` others for scoring (a seeded shuffle).
+
+    Photos whose content digest is in `exclude` (the seed faces: the bundled samples are copies of
+    shared/data/faces photos) go to neither folder, so "unseen" means unseen by the DDA. They are dropped
+    after the shuffle, so the other faces keep their places.
+    """
+    files = list_images(faces_dir)
+    seen = [f.name for f in files if exclude and file_digest(f) in exclude]
     # Every later step reuses what the work folder holds (amplified pairs, crops, truth): a folder made for
     # another split would mix its faces into this one, held-out faces into the training sets included.
-    split = {"faces": str(faces_dir), "amplify": amplify, "heldout": heldout, "seed": seed}
+    split = {"faces": str(faces_dir), "amplify": amplify, "heldout": heldout, "seed": seed, "excluded": seen}
     record = work / "split.json"
     if record.is_file() and json.loads(record.read_text()) != split:
         raise SystemExit(
@@ -59,10 +80,14 @@ def split_faces(faces_dir: Path, work: Path, amplify: int, heldout: int, seed: i
             "give another --work for these --faces/--amplify/--heldout/--seed"
         )
     atomic_write_text(record, json.dumps(split))
-    files = list_images(faces_dir)
-    if len(files) < amplify + heldout:
-        raise SystemExit(f"error: {faces_dir} has {len(files)} images; --amplify + --heldout need {amplify + heldout}")
-    order = np.random.default_rng(seed).permutation(len(files))
+    order = [i for i in np.random.default_rng(seed).permutation(len(files)) if files[i].name not in seen]
+    if len(order) < amplify + heldout:
+        raise SystemExit(
+            f"error: {faces_dir} has {len(order)} images besides the {len(seen)} seed faces; "
+            f"--amplify + --heldout need {amplify + heldout}: lower one, or take the seed faces from another folder"
+        )
+    if seen:
+        log.info("split: %d seed face(s) of %s left out of the unseen faces: %s", len(seen), faces_dir, ", ".join(seen))
     folders = []
     for name, chosen in (("faces_amplify", order[:amplify]), ("faces_heldout", order[amplify : amplify + heldout])):
         folder = work / name
@@ -267,7 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
     results["dda_seeds_vae_ceiling"] = vae_ceiling(base_vae, seed_pairs_at(seeds, resolution), resolution)
     if args.until == "dda":
         return finish(results, timings, args)
-    amplify_faces, heldout_faces = split_faces(Path(args.faces), work, args.amplify, args.heldout, args.seed)
+    exclude = seed_face_digests(Path(args.seed_faces), seeds)
+    amplify_faces, heldout_faces = split_faces(Path(args.faces), work, args.amplify, args.heldout, args.seed, exclude)
+    results["seed_faces_left_out"] = json.loads((work / "split.json").read_text())["excluded"]
     amplified = work / "amplified"
     amp_args = [f"checkpoint={dda_dir / 'dda_final.pt'}", f"input_dir={amplify_faces}", f"output_dir={amplified}"]
     amp_args += [f"resolution={args.size}", "wandb.mode=disabled"]

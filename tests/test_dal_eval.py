@@ -1,12 +1,16 @@
-"""bench/dal_eval.py's VAE ceiling: what a perfect latent edit could reach through a base model's VAE."""
+"""bench/dal_eval.py: the VAE ceiling (what a perfect latent edit could reach through a base model's VAE) and the
+split of unseen faces."""
 
+import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from bench.dal_eval import vae_ceiling
+from bench.dal_eval import seed_face_digests, split_faces, vae_ceiling
 
 
 class IdentityVAE(nn.Module):
@@ -50,3 +54,42 @@ def test_half_resolution_loses_the_thin_liner_and_background_stays_the_source():
     assert half["r2_eyes"] < 0.5  # a 1-px line does not survive 16 px and back
     # Outside the makeup labels the prediction is the source: PSNR against the truth stays finite and above identity.
     assert half["psnr_db"] > half["identity_psnr_db"]
+
+
+def _faces_folder(root, count: int):
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((8, 8, 3), i * 9, np.uint8)).save(root / f"face{i:02d}.png")
+    return root
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_split_leaves_the_seed_faces_out_of_the_unseen_faces(tmp_path):
+    faces = _faces_folder(tmp_path / "faces", 12)
+    plain = split_faces(faces, tmp_path / "plain", 6, 4, seed=0)
+    # The seed photos are copies under other names (as data/samples/faces copies shared/data/faces);
+    # stage 1 used two of the three (its pairs are named by the photo's stem).
+    seed_faces, seed_dir = tmp_path / "seed_faces", tmp_path / "seed_pairs"
+    seed_faces.mkdir()
+    (seed_dir / "source").mkdir(parents=True)
+    used = _names(plain[0])[:2]
+    for i, name in enumerate(used + [_names(plain[1])[0]]):
+        shutil.copy(faces / name, seed_faces / f"sample{i}.png")
+    for i in range(2):
+        shutil.copy(seed_faces / f"sample{i}.png", seed_dir / "source" / f"sample{i}.png")
+    exclude = seed_face_digests(seed_faces, seed_dir)
+    assert len(exclude) == 2
+    amplify, heldout = split_faces(faces, tmp_path / "clean", 6, 4, seed=0, exclude=exclude)
+    assert not set(used) & set(_names(amplify) + _names(heldout))
+    assert len(_names(amplify)) == 6 and len(_names(heldout)) == 4
+    assert set(_names(plain[0])) - set(used) <= set(_names(amplify))  # the other faces keep their places
+    assert json.loads((tmp_path / "clean" / "split.json").read_text())["excluded"] == used
+    with pytest.raises(SystemExit, match="besides the 2 seed faces"):
+        split_faces(faces, tmp_path / "big", 6, 5, seed=0, exclude=exclude)
+    with pytest.raises(SystemExit, match="was made for the split"):  # the folder made without the exclusion
+        split_faces(faces, tmp_path / "plain", 6, 4, seed=0, exclude=exclude)
