@@ -684,6 +684,9 @@ def write_model_card(folder: Path, summary: dict, argv) -> Path:
             f"Training time: VAE {format_seconds(seconds['vae'])}, UNet {format_seconds(seconds['unet'])} "
             f"({steps.get('unet', summary['step'])} UNet steps){decoder},\n"
         )
+    factor_note = "measured on its own latents (1 / std)"
+    if summary.get("init_from"):
+        factor_note = f"as measured for `{summary['init_from']}`'s VAE on its own latents (1 / std)"
     count = torch.get_num_threads()
     threads = f"{count} thread" + ("s" if count > 1 else "")
     text = f"""# Face prior: a small SD-1.5-shaped diffusion model of faces
@@ -696,7 +699,7 @@ which cannot be downloaded on this project's machines. Same layout and code path
 
 | part | what |
 |---|---|
-| VAE | AutoencoderKL, {params["vae"] / 1e6:.2f}M parameters, 4 latent channels, downsampling 4 ({summary["resolution"]} px -> {summary["resolution"] // 4}x{summary["resolution"] // 4}), scaling factor {summary["scaling_factor"]:.5f} measured on its own latents (1 / std) |
+| VAE | AutoencoderKL, {params["vae"] / 1e6:.2f}M parameters, 4 latent channels, downsampling 4 ({summary["resolution"]} px -> {summary["resolution"] // 4}x{summary["resolution"] // 4}), scaling factor {summary["scaling_factor"]:.5f} {factor_note} |
 | UNet | UNet2DConditionModel, {params["unet"] / 1e6:.2f}M parameters, cross-attention at the two coarser levels, epsilon prediction on SD 1.5's noise schedule, {cfg["unet"]["focus_fraction"]:.0%} of samples at t <= {cfg["unet"]["focus_max_timestep"]} (img2img at strength 0.3 visits 201, 101, 1) |
 | text encoder | tiny CLIP ({params["text_encoder"] / 1e3:.0f}K parameters), random and frozen: the prompt is a fixed code; the UNet was trained on varied prompts so it ignores them |
 | scheduler | SD 1.5's own config (PNDM, scaled_linear 0.00085-0.012, `set_alpha_to_one: false`, `steps_offset: 1`) |

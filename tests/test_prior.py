@@ -148,6 +148,7 @@ def test_unet_phase_from_a_shipped_prior_at_a_new_resolution(faces, shipped_base
     assert any(not torch.equal(v, unet_after.state_dict()[n]) for n, v in unet_before.state_dict().items())
     card = (shipped / "README.md").read_text()
     assert f"VAE and UNet from `{shipped_base}`" in card and "UNet fine-tuned on it at 64 px for 3 steps" in card
+    assert f"as measured for `{shipped_base}`'s VAE" in card  # the factor is the folder's, not measured here
     with pytest.raises(MakeupError, match="init_phase"):
         run(faces, tmp_path / "bad", f"init_from={shipped_base}", "init_phase=vae")
 
