@@ -61,8 +61,9 @@ def seed_face_digests(seed_faces: Path, seed_dir: Path) -> set[str]:
 
 def split_faces(
     faces_dir: Path, work: Path, amplify: int, heldout: int, seed: int, exclude: set[str] = frozenset()
-) -> tuple[Path, Path]:
-    """Two folders of symlinks: `amplify` faces for stage 3, `heldout` others for scoring (a seeded shuffle).
+) -> tuple[Path, Path, list[str]]:
+    """Two folders of symlinks: `amplify` faces for stage 3, `heldout` others for scoring (a seeded shuffle),
+    and the names of the photos left out.
 
     Photos whose content digest is in `exclude` (the seed faces: the bundled samples are copies of
     shared/data/faces photos) go to neither folder, so "unseen" means unseen by the DDA. They are dropped
@@ -97,7 +98,7 @@ def split_faces(
             if not link.exists():
                 os.symlink(files[index].resolve(), link)
         folders.append(folder)
-    return folders[0], folders[1]
+    return folders[0], folders[1], seen
 
 
 def prepare_heldout(faces_dir: Path, out_dir: Path, size: int) -> None:
@@ -293,8 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.until == "dda":
         return finish(results, timings, args)
     exclude = seed_face_digests(Path(args.seed_faces), seeds)
-    amplify_faces, heldout_faces = split_faces(Path(args.faces), work, args.amplify, args.heldout, args.seed, exclude)
-    results["seed_faces_left_out"] = json.loads((work / "split.json").read_text())["excluded"]
+    amplify_faces, heldout_faces, results["seed_faces_left_out"] = split_faces(
+        Path(args.faces), work, args.amplify, args.heldout, args.seed, exclude
+    )
     amplified = work / "amplified"
     amp_args = [f"checkpoint={dda_dir / 'dda_final.pt'}", f"input_dir={amplify_faces}", f"output_dir={amplified}"]
     amp_args += [f"resolution={args.size}", "wandb.mode=disabled"]

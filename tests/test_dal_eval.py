@@ -84,7 +84,8 @@ def test_split_leaves_the_seed_faces_out_of_the_unseen_faces(tmp_path):
         shutil.copy(seed_faces / f"sample{i}.png", seed_dir / "source" / f"sample{i}.png")
     exclude = seed_face_digests(seed_faces, seed_dir)
     assert len(exclude) == 2
-    amplify, heldout = split_faces(faces, tmp_path / "clean", 6, 4, seed=0, exclude=exclude)
+    amplify, heldout, left_out = split_faces(faces, tmp_path / "clean", 6, 4, seed=0, exclude=exclude)
+    assert left_out == used
     assert not set(used) & set(_names(amplify) + _names(heldout))
     assert len(_names(amplify)) == 6 and len(_names(heldout)) == 4
     assert set(_names(plain[0])) - set(used) <= set(_names(amplify))  # the other faces keep their places
