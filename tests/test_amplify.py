@@ -404,7 +404,9 @@ from accelerate import Accelerator
 import dda_amplify as amp
 from test_amplify import FakeAligner, FakeDDA, FakeParser, fake_cfg, RES
 cfg = fake_cfg({inputs!r}, {out!r}, "batch_size=2")
-amp.amplify(cfg, Accelerator(cpu=True), {{"fake.pt": FakeDDA(leak=0.02)}}, FakeAligner(), FakeParser(), RES)
+accelerator = Accelerator(cpu=True)
+amp.amplify(cfg, accelerator, {{"fake.pt": FakeDDA(leak=0.02)}}, FakeAligner(), FakeParser(), RES)
+accelerator.end_training()  # as main() does: a process group left to exit teardown can abort gloo's threads
 """
 
 
