@@ -13,17 +13,17 @@ from data.paired import MAKEUP_LABELS
 from errors import ConfigError
 
 
-def region_weight_table(region_weights: dict | None) -> torch.Tensor:
-    """(len(MAKEUP_LABELS),) per-label L1 weights from a `loss.region_weights` mapping of eyes, lips and skin
+def region_weight_table(region_weights: dict | None, key: str = "loss.region_weights") -> torch.Tensor:
+    """(len(MAKEUP_LABELS),) per-label weights from a mapping of eyes, lips and skin under config key `key`
     (background and unlisted regions 1); an unknown region or a negative weight is a ConfigError naming the key."""
     table = torch.ones(len(MAKEUP_LABELS))
     for region, weight in (region_weights or {}).items():
         if region not in MAKEUP_LABELS or region == "background":
             raise ConfigError(
-                f"config key 'loss.region_weights.{region}': unknown region (expected eyes, lips or skin)"
+                f"config key '{key}.{region}': unknown region (expected eyes, lips or skin)"
             )
         if float(weight) < 0:
-            raise ConfigError(f"config key 'loss.region_weights.{region}' must be 0 or more, got {weight!r}")
+            raise ConfigError(f"config key '{key}.{region}' must be 0 or more, got {weight!r}")
         table[MAKEUP_LABELS[region]] = float(weight)
     return table
 

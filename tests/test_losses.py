@@ -155,3 +155,24 @@ def test_region_weights_reject_unknown_regions_and_negative_weights():
         TinyBeautyLoss(region_weights={"nose": 2})
     with pytest.raises(ConfigError, match="loss.region_weights.lips"):
         TinyBeautyLoss(region_weights={"lips": -1})
+
+
+def test_diffusion_region_weights_weigh_the_noise_mse_per_latent_cell():
+    """All-1 weights are the plain MSE; a lips weight scales the cells that cover lip pixels."""
+    from errors import ConfigError
+    from losses.dda import DDALoss
+
+    mask = torch.full((1, 8, 8), 3, dtype=torch.long)
+    mask[:, 2:4, 2:4] = 2  # lip pixels, all inside latent cell (1, 1) of a 4x4 grid
+    pred, target = torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4)
+    pred[:, :, 1, 1] = 1.0  # wrong in the lip cell only
+    pred[:, :, 3, 3] = 1.0  # and in one skin cell
+    plain = DDALoss().diffusion_mse(pred, target, mask)
+    assert plain.item() == pytest.approx(torch.nn.functional.mse_loss(pred, target).item())
+    assert DDALoss(diffusion_region_weights={"lips": 1}).diffusion_mse(pred, target, mask).item() == pytest.approx(
+        plain.item()
+    )
+    weighted = DDALoss(diffusion_region_weights={"lips": 5}).diffusion_mse(pred, target, mask)
+    assert weighted.item() == pytest.approx((5 + 1) / (5 + 15))  # per channel: errors 5*1 + 1*1 over weights 5 + 15
+    with pytest.raises(ConfigError, match="loss.diffusion_region_weights.nose"):
+        DDALoss(diffusion_region_weights={"nose": 2})
