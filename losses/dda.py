@@ -39,12 +39,11 @@ class DDALoss(torch.nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> DDALoss:
-        """From stage 2's config (`configs/dda.yaml`: loss.diffusion, loss.l1, loss.eyeliner, loss.region_weights)."""
+        """From stage 2's config (`configs/dda.yaml`: loss.diffusion, loss.l1, loss.eyeliner, loss.region_weights,
+        loss.diffusion_region_weights)."""
         loss = cfg.loss
         cell_weights = loss.get("diffusion_region_weights", None)
-        return cls(
-            loss.diffusion, loss.l1, loss.eyeliner, dict(loss.region_weights), dict(cell_weights or {})
-        )
+        return cls(loss.diffusion, loss.l1, loss.eyeliner, dict(loss.region_weights), dict(cell_weights or {}))
 
     def diffusion_mse(self, noise_pred: torch.Tensor, noise_target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The noise MSE, weighted per latent cell by `diffusion_region_weights` (plain MSE when all are 1)."""

@@ -19,9 +19,7 @@ def region_weight_table(region_weights: dict | None, key: str = "loss.region_wei
     table = torch.ones(len(MAKEUP_LABELS))
     for region, weight in (region_weights or {}).items():
         if region not in MAKEUP_LABELS or region == "background":
-            raise ConfigError(
-                f"config key '{key}.{region}': unknown region (expected eyes, lips or skin)"
-            )
+            raise ConfigError(f"config key '{key}.{region}': unknown region (expected eyes, lips or skin)")
         if float(weight) < 0:
             raise ConfigError(f"config key '{key}.{region}' must be 0 or more, got {weight!r}")
         table[MAKEUP_LABELS[region]] = float(weight)
