@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from data.paired import MAKEUP_LABELS
 from losses.eyeliner import EyelinerLoss
-from losses.l1 import L1Loss, region_weight_table
+from losses.l1 import L1Loss, region_weight_table, weighted_mean
 
 
 class DDALoss(torch.nn.Module):
@@ -42,17 +42,16 @@ class DDALoss(torch.nn.Module):
         """From stage 2's config (`configs/dda.yaml`: loss.diffusion, loss.l1, loss.eyeliner, loss.region_weights,
         loss.diffusion_region_weights)."""
         loss = cfg.loss
-        cell_weights = loss.get("diffusion_region_weights", None)
-        return cls(loss.diffusion, loss.l1, loss.eyeliner, dict(loss.region_weights), dict(cell_weights or {}))
+        weights, cell_weights = dict(loss.region_weights), dict(loss.diffusion_region_weights)
+        return cls(loss.diffusion, loss.l1, loss.eyeliner, weights, cell_weights)
 
     def diffusion_mse(self, noise_pred: torch.Tensor, noise_target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The noise MSE, weighted per latent cell by `diffusion_region_weights` (plain MSE when all are 1)."""
         if not self.diffusion_weighted:
             return F.mse_loss(noise_pred, noise_target)
         pixel = self.diffusion_table.to(mask.device)[mask].unsqueeze(1)  # (B, 1, H, W)
-        cell = F.adaptive_max_pool2d(pixel, tuple(noise_pred.shape[-2:])).to(noise_pred.dtype)
-        cell = cell.expand_as(noise_pred)
-        return ((noise_pred - noise_target).square() * cell).sum() / cell.sum().clamp_min(1e-8)
+        cell = F.adaptive_max_pool2d(pixel, tuple(noise_pred.shape[-2:]))
+        return weighted_mean((noise_pred - noise_target).square(), cell)
 
     def forward(self, out: dict, target: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> dict:
         diffusion = self.diffusion_mse(out["noise_pred"], out["noise_target"], mask)

@@ -26,6 +26,12 @@ def region_weight_table(region_weights: dict | None, key: str = "loss.region_wei
     return table
 
 
+def weighted_mean(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of `error` weighted by `weight` (broadcast to its shape), normalised by the weights' sum."""
+    weight = weight.to(error.dtype).expand_as(error)
+    return (error * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
 class L1Loss(nn.Module):
     name = "l1"
 
@@ -41,5 +47,4 @@ class L1Loss(nn.Module):
         error = diff.abs() if self.eps <= 0 else (diff.square() + self.eps**2).sqrt() - self.eps
         if pixel_weight is None:
             return self.weight * error.mean()
-        pixel_weight = pixel_weight.to(error.dtype).expand_as(error)
-        return self.weight * (error * pixel_weight).sum() / pixel_weight.sum().clamp_min(1e-8)
+        return self.weight * weighted_mean(error, pixel_weight)
