@@ -24,6 +24,7 @@ pair: source | DDA output | target, plus one face the DDA never saw), `dda_final
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from common import (
     from_uint8,
     get_device,
     get_rng_state,
+    load_checkpoint,
     log,
     make_grid,
     parse_resumable_args,
@@ -53,6 +55,7 @@ from common import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    setup_logging,
     to_uint8,
 )
 from data.io import ImageReadError, list_images, read_rgb, resize_rgb
@@ -62,6 +65,7 @@ from losses.dda import DDALoss
 from models.dda import DDA
 from models.dda_io import build_dda, save_lora
 from models.dda_optim import build_optimizer, prepare_training, train_step
+from models.fgmm import fit_region_gains
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dda.yaml"
 SAMPLE_FACES = Path(__file__).resolve().parent / "data" / "samples" / "faces"
@@ -276,25 +280,28 @@ def resume(ckpt: dict, path: str, dda, optimizer, scaler, state) -> int:
     return int(ckpt["epoch"])
 
 
-def write_summary(run_dir, cfg, dda, pairs, counts, state, last_terms, holdout_path, epochs_run, use_fp16) -> dict:
+def write_summary(run_dir: Path, cfg, run: dict, calibration: dict | None) -> dict:
+    dda, state = run["dda"], run["state"]
     summary = {
         "stage": "dda_training",
         "pretrained": str(cfg.model.pretrained),
         "data_root": str(cfg.data.root),
-        "num_pairs": len(pairs),
-        "pairs": [p.name for p in pairs],
-        "holdout_face": str(holdout_path) if holdout_path else None,
+        "num_pairs": len(run["pairs"]),
+        "pairs": [p.name for p in run["pairs"]],
+        "holdout_face": str(run["holdout_path"]) if run["holdout_path"] else None,
         "resolution": int(cfg.train.resolution),
         "epochs": int(cfg.train.epochs),
-        "epochs_this_run": epochs_run,
+        "epochs_this_run": run["epochs_run"],
         "steps": state["global_step"],
-        "final_loss": last_terms,
+        "final_loss": run["last_terms"],
         "rdm_alpha": float(dda.rdm.alpha.detach()),
         "fgmm_weights": dda.fgmm.weights(),
-        "trainable_params": counts,
+        "region_conditioning": dda.region_conditioning is not None,
+        "calibration": calibration,
+        "trainable_params": run["counts"],
         "lora": {"rank": dda.lora_rank, "alpha": dda.lora_alpha},
         "device": str(dda.device),
-        "mixed_precision": "fp16" if use_fp16 else "no",
+        "mixed_precision": "fp16" if run["use_fp16"] else "no",
         "seconds": round(state["seconds"], 2),
         "seconds_per_step": round(state["seconds"] / max(state["steps_timed"], 1), 4) if state["steps_timed"] else None,
         "outputs": {"final": "dda_final.pt", "lora": "pytorch_lora_weights.safetensors", "modules": "dda_modules.json"},
@@ -307,22 +314,42 @@ def main(argv: list[str] | None = None) -> dict:
     args, cfg, resume_ckpt = parse_args(argv)
     require_dir(cfg.data.root, "dataset folder", key="data.root")  # before any output is made
     run_dir = prepare_run_dir(cfg)
+    run = train(cfg, run_dir, resume_ckpt, args.resume)
+    calibration = calibrate(cfg, run, run_dir) if cfg.calibrate > 0 else None
+    dda, state = run["dda"], run["state"]
+    final = checkpoint_state(dda, run["optimizer"], run["scaler"], cfg, cfg.train.epochs, state, run["last_terms"])
+    save_checkpoint(
+        {k: v for k, v in final.items() if k not in ("optimizer", "scaler", "rng")}, run_dir / "dda_final.pt"
+    )
+    save_lora(dda, run_dir)
+    summary = write_summary(run_dir, cfg, run, calibration)
+    log.info("done in %s: %s", format_seconds(state["seconds"]), run_dir / "dda_final.pt")
+    return summary
+
+
+def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str | None = None) -> dict:
+    """Train the DDA of `cfg` in `run_dir` (checkpoints and samples on the way); returns what the end needs."""
     seed_everything(cfg.seed)
     device = get_device(cfg.train.device)
     dataset, pairs = build_data(cfg, run_dir)
+    check_calibrate(cfg, len(pairs))
     holdout_path = find_holdout_face(cfg, {p.name for p in pairs})
     holdout = load_holdout(holdout_path, cfg.train.resolution)
     dda, use_fp16 = build_model(cfg, device)
     counts = parameter_counts(dda)
+    regions = f", region conditioning {counts['region_conditioning']}" if "region_conditioning" in counts else ""
     log.info(
-        "trainable: LoRA %(lora)d, RDM alpha %(rdm_alpha)d, FGMM %(fgmm)d = %(total_trainable)d; frozen %(frozen)d",
-        counts,
+        "trainable: LoRA %d, RDM alpha %d, FGMM %d%s = %d; frozen %d",
+        *(counts[k] for k in ("lora", "rdm_alpha", "fgmm")),
+        regions,
+        counts["total_trainable"],
+        counts["frozen"],
     )
     optimizer = build_optimizer(dda, cfg.train.lr, cfg.train.scalar_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
     loss_fn = DDALoss.from_config(cfg).to(device)
     state = {"global_step": 0, "seconds": 0.0, "steps_timed": 0}
-    start_epoch = resume(resume_ckpt, args.resume, dda, optimizer, scaler, state) if resume_ckpt else 0
+    start_epoch = resume(resume_ckpt, resume_path, dda, optimizer, scaler, state) if resume_ckpt else 0
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=False)
     wandb = WandbLogger(cfg, run_dir, name="dda")
     last_terms: dict = {}
@@ -353,17 +380,103 @@ def main(argv: list[str] | None = None) -> dict:
                 float(dda.rdm.alpha.detach()),
                 _fmt(dda.fgmm.weights()),
             )
-    final = checkpoint_state(dda, optimizer, scaler, cfg, cfg.train.epochs, state, last_terms)
-    save_checkpoint(
-        {k: v for k, v in final.items() if k not in ("optimizer", "scaler", "rng")}, run_dir / "dda_final.pt"
-    )
-    save_lora(dda, run_dir)
-    summary = write_summary(
-        run_dir, cfg, dda, pairs, counts, state, last_terms, holdout_path, cfg.train.epochs - start_epoch, use_fp16
-    )
     wandb.finish()
-    log.info("done in %s: %s", format_seconds(state["seconds"]), run_dir / "dda_final.pt")
-    return summary
+    dda.eval()
+    return {"dda": dda, "dataset": dataset, "pairs": pairs, "optimizer": optimizer, "scaler": scaler,
+            "state": state, "last_terms": last_terms, "counts": counts, "holdout_path": holdout_path,
+            "epochs_run": cfg.train.epochs - start_epoch, "use_fp16": use_fp16}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Calibrated transfer (calibrate=K): leave-one-out on the seed pairs
+# --------------------------------------------------------------------------------------------
+CALIBRATED_WEIGHT_MAX = 4.0  # a calibrated FGMM weight above this would say the fold models learned ~nothing
+
+
+def check_calibrate(cfg, num_pairs: int) -> None:
+    folds = int(cfg.calibrate)
+    if folds < 0:
+        raise ConfigError(f"config key 'calibrate' must be 0 (off) or a number of folds, not {folds}")
+    if folds and num_pairs < folds + 1:
+        raise ConfigError(
+            f"config key 'calibrate': {folds} fold(s) need at least {folds + 1} seed pairs, but there are "
+            f"{num_pairs} (data.root, data.num_pairs): lower calibrate or add pairs"
+        )
+
+
+def calibrate(cfg, run: dict, run_dir: Path) -> dict:
+    """Fold k trains a DDA on every seed pair but pair k (same config and epochs), makes pair k up, and fits
+    per region the gain that brings its change closest to the target's (`fit_region_gains`). The gains,
+    averaged over the folds, scale the FGMM weights of the full DDA: what dda_amplify.py uses by default.
+
+    Each fold lives in run_dir/calibration/fold_k and resumes from its own checkpoints.
+    """
+    started = time.perf_counter()
+    dda, pairs, dataset = run["dda"], run["pairs"], run["dataset"]
+    folds = []
+    for k in range(int(cfg.calibrate)):
+        fold_dir = run_dir / "calibration" / f"fold_{k}"
+        fold_dda = train_fold(cfg, pairs, k, fold_dir)
+        source, target, mask = _unflipped(dataset, k)
+        generator = torch.Generator().manual_seed(cfg.train.sample_seed + k)
+        with torch.no_grad():
+            output = fold_dda.img2img(source[None], mask[None], generator=generator).float().cpu()
+        gains = fit_region_gains(output - source[None], target[None] - source[None], mask[None])
+        folds.append({"held_out": pairs[k].name, "fgmm": fold_dda.fgmm.weights(), "gains": gains})
+        log.info("calibration fold %d (held out %s): gains %s", k, pairs[k].name, gains)
+        del fold_dda
+    setup_logging(run_dir / "train.log")  # the folds logged to their own folders
+    learned = dda.fgmm.weights()
+    mean_gains = {}
+    for region in learned:
+        values = [f["gains"][region] for f in folds if f["gains"][region] is not None]
+        mean_gains[region] = float(np.mean(values)) if values else 1.0  # no evidence: leave the weight as learned
+    calibrated = {r: float(np.clip(learned[r] * mean_gains[r], 0.0, CALIBRATED_WEIGHT_MAX)) for r in learned}
+    with torch.no_grad():
+        dda.fgmm.region_weights.copy_(torch.tensor([calibrated[r] for r in learned]))
+    seconds = time.perf_counter() - started
+    log.info(
+        "calibrated FGMM weights %s (learned %s, mean gains %s) in %s",
+        _fmt(calibrated),
+        _fmt(learned),
+        _fmt(mean_gains),
+        format_seconds(seconds),
+    )
+    return {"folds": folds, "mean_gains": mean_gains, "learned_fgmm": learned, "calibrated_fgmm": calibrated,
+            "seconds": round(seconds, 1)}  # fmt: skip
+
+
+def train_fold(cfg, pairs: list, held_out: int, fold_dir: Path) -> DDA:
+    """The DDA of one fold: trained on every pair but `held_out`, or loaded when the fold finished earlier."""
+    from models.dda_io import load_dda
+
+    if (fold_dir / "dda_final.pt").is_file():
+        return load_dda(fold_dir / "dda_final.pt", device=get_device(cfg.train.device))
+    data = fold_dir / "pairs"
+    for pair in pairs[:held_out] + pairs[held_out + 1 :]:
+        for kind, path in (("source", pair.source), ("target", pair.target), ("mask", pair.mask)):
+            link = data / kind / f"{pair.name}{Path(path).suffix}" if path is not None else None
+            if link is not None and not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(Path(path).resolve())
+    fold_cfg = copy.deepcopy(cfg)
+    fold_cfg.data.root, fold_cfg.output_dir, fold_cfg.calibrate = str(data), str(fold_dir), 0
+    fold_cfg.data.num_pairs, fold_cfg.data.holdout_face, fold_cfg.wandb.mode = (
+        0,
+        str(pairs[held_out].source),
+        "disabled",
+    )
+    checkpoints = sorted(fold_dir.glob("dda_checkpoint_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    resume_ckpt = load_checkpoint(checkpoints[-1]) if checkpoints else None
+    prepare_run_dir(fold_cfg)
+    log.info("calibration: fold without %s (%d pairs) -> %s", pairs[held_out].name, len(pairs) - 1, fold_dir)
+    run = train(fold_cfg, fold_dir, resume_ckpt, str(checkpoints[-1]) if checkpoints else None)
+    final = checkpoint_state(run["dda"], run["optimizer"], run["scaler"], fold_cfg, cfg.train.epochs, run["state"], {})
+    save_checkpoint(
+        {k: v for k, v in final.items() if k not in ("optimizer", "scaler", "rng")}, fold_dir / "dda_final.pt"
+    )
+    write_summary(fold_dir, fold_cfg, run, None)
+    return run["dda"]
 
 
 def _fmt(values: dict) -> str:

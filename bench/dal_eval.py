@@ -17,6 +17,19 @@ every part of the chain can be scored. The bench runs the project's own stage sc
    pairs, the 5 seed pairs alone (repeated to the same count), and truth pairs on the same faces;
 7. all three scored against the truth on `--heldout` further faces, unseen by every stage.
 
+A learned style (`--pairs DIR`, e.g. ../shared/data/pairs_style1) has no template: its own pairs are the truth.
+Five of them (`--seeds`) go through `make_seed_pairs.py --import` as a user's photos would, the DDA trains on
+them, and the amplifier is scored on `--score` other pairs of the style (stage 3 on their plain photos, the
+style's target cut by the same affine); TinyBeauty trains on `--amplify` faces of `--faces` (default
+shared/data/faces_more) amplified, on the five seeds alone, and on the style's remaining true pairs (each
+repeated to as many pairs), and is scored on `--heldout` pairs of the style that no stage saw.
+
+    python bench/dal_eval.py --pairs ../shared/data/pairs_style1 --pretrained weights/face_prior \\
+        --dda "train.resolution=128 train.epochs=300 train.lr=1e-3 loss.l1=20" --until amplify
+
+With `calibrate=K` in `--dda`, the amplified faces are made and scored twice: with the calibrated FGMM weights
+(the default) and with the weights the DDA learned (`amplified_vs_truth_learned_fgmm`).
+
 Scores: `data/makeup_truth.py` (PSNR and identity PSNR against the truth, makeup-residual R^2 over
 the face, the lips and the eyes, and the lips' change as a share of the truth's).
 
@@ -238,93 +251,100 @@ def _overrides(text: str) -> list[str]:
     return shlex.split(text or "")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--template", required=True, help="configs/makeup/NAME.yaml")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--template", help="configs/makeup/NAME.yaml: the truth is the template rendered on each face")
+    mode.add_argument("--pairs", help="a learned style's pair folder (source/ target/): its own pairs are the truth")
     parser.add_argument("--pretrained", required=True, help="SD-1.5-shaped diffusers folder (or hub id) for the DDA")
-    parser.add_argument("--faces", default=str(REPO.parent / "shared" / "data" / "faces"), help="unseen faces")
+    parser.add_argument(
+        "--faces", default=None, help="faces to amplify (default: shared/data/faces, faces_more with --pairs)"
+    )
     parser.add_argument("--seed-faces", default=str(REPO / "data" / "samples" / "faces"))
     parser.add_argument("--seeds", type=int, default=5, help="seed pairs the DDA trains on (default 5, the paper's)")
     parser.add_argument("--amplify", type=int, default=300, help="faces to amplify (default 300)")
-    parser.add_argument("--heldout", type=int, default=100, help="faces to score TinyBeauty on (default 100)")
+    parser.add_argument(
+        "--score", type=int, default=60, help="--pairs: unseen pairs of the style the amplifier is scored on"
+    )
+    parser.add_argument("--heldout", type=int, default=100, help="faces (pairs with --pairs) to score TinyBeauty on")
     parser.add_argument("--size", type=int, default=256, help="amplified pair size (default 256)")
     parser.add_argument("--dda", default="", help="extra dda_training.py overrides, one string")
     parser.add_argument("--amplify-args", default="", help="extra dda_amplify.py overrides, one string")
     parser.add_argument("--tinybeauty", default="train.epochs=20", help="tinybeauty_training.py overrides")
-    parser.add_argument("--work", default=None, help="work folder (default runs/dal_eval/TEMPLATE)")
+    parser.add_argument("--work", default=None, help="work folder (default runs/dal_eval/NAME)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument(
         "--until", choices=("dda", "amplify", "all"), default="all", help="stop after the DDA's or the amplified scores"
     )
     args = parser.parse_args(argv)
+    shared = REPO.parent / "shared" / "data"
+    args.faces = args.faces or str(shared / ("faces_more" if args.pairs else "faces"))
+    return args
 
-    import dda_amplify
-    import dda_training
-    import make_seed_pairs
-    import tinybeauty_training
 
-    template = make_seed_pairs.load_template(args.template)
-    work = Path(args.work or REPO / "runs" / "dal_eval" / str(template.name))
-    work.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+class Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
 
-    def timed(name, fn, *a):
+    def __call__(self, name, fn, *args):
         start = time.perf_counter()
-        result = fn(*a)
-        timings[name] = round(time.perf_counter() - start, 1)
+        result = fn(*args)
+        self.seconds[name] = round(time.perf_counter() - start, 1)
         return result
 
-    seeds = work / "seed_pairs"
-    timed(
-        "seed_pairs",
-        make_seed_pairs.main,
-        ["--faces", args.seed_faces, "--template", args.template, "--num", str(args.seeds), "--size", str(args.size)]
-        + ["--output", str(seeds)],
-    )
+
+def train_dda(args, seeds: Path, work: Path, timed: Timer) -> Path:
+    import dda_training
+
     dda_dir = work / "dda"
     if not (dda_dir / "dda_final.pt").is_file():
         dda_args = [f"model.pretrained={args.pretrained}", f"data.root={seeds}", f"output_dir={dda_dir}"]
         dda_args += ["wandb.mode=disabled", f"data.num_pairs={args.seeds}"]
         timed("dda_training", dda_training.main, dda_args + _overrides(args.dda))
-    results: dict = {"template": str(template.name), "pretrained": args.pretrained}
+    return dda_dir
+
+
+def score_dda(args, dda_dir: Path, seeds: Path, results: dict) -> int:
+    """The DDA on its own seed pairs and their VAE ceiling; returns the DDA's resolution."""
     results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
-    resolution, base_vae = dda_resolution(dda_dir), load_vae(args.pretrained)
-    results["dda_seeds_vae_ceiling"] = vae_ceiling(base_vae, seed_pairs_at(seeds, resolution), resolution)
-    if args.until == "dda":
-        return finish(results, timings, args)
-    exclude = seed_face_digests(Path(args.seed_faces), seeds)
-    amplify_faces, heldout_faces, results["seed_faces_left_out"] = split_faces(
-        Path(args.faces), work, args.amplify, args.heldout, args.seed, exclude
+    summary = json.loads((dda_dir / "summary.json").read_text())
+    results["dda_region_conditioning"] = summary.get("region_conditioning", False)
+    results["dda_calibration"] = summary.get("calibration")
+    resolution = dda_resolution(dda_dir)
+    results["dda_seeds_vae_ceiling"] = vae_ceiling(
+        load_vae(args.pretrained), seed_pairs_at(seeds, resolution), resolution
     )
-    amplified = work / "amplified"
-    amp_args = [f"checkpoint={dda_dir / 'dda_final.pt'}", f"input_dir={amplify_faces}", f"output_dir={amplified}"]
-    amp_args += [f"resolution={args.size}", "wandb.mode=disabled"]
-    timed("dda_amplify", dda_amplify.main, amp_args + _overrides(args.amplify_args))
+    return resolution
 
-    truth_dir = work / "truth_amplified"
-    names = timed("truth", render_truth, amplified, template, truth_dir)
-    amplified_pairs = load_pairs(amplified, names)
-    truth_pairs = load_pairs(truth_dir, names)
-    preds = [amplified_pairs[n][1] for n in names]
-    truths = [truth_pairs[n][1] for n in names]
-    sources = [amplified_pairs[n][0] for n in names]
-    masks = [amplified_pairs[n][2] for n in names]
-    results["amplified_vs_truth"] = score(preds, truths, sources, masks)
-    # The same faces through a perfect latent edit: how much of the goal the base model's VAE allows.
-    results["amplified_vae_ceiling"] = timed("vae_ceiling", vae_ceiling, base_vae, truth_pairs, resolution)
-    if args.until == "amplify":
-        return finish(results, timings, args)
 
-    heldout_crops = work / "heldout_crops"
-    timed("heldout_crops", prepare_heldout, heldout_faces, heldout_crops, args.size)
-    heldout_truth = work / "heldout_truth"
-    timed("heldout_truth", render_truth, heldout_crops, template, heldout_truth)
-    heldout = load_pairs(heldout_truth)
+def amplify(args, dda_dir: Path, faces: Path, out: Path, timed: Timer, name: str, extra: list[str] = ()) -> Path:
+    import dda_amplify
 
-    seeds_repeated = work / "seed_pairs_repeated"
-    replicate_pairs(seeds, seeds_repeated, len(names))
-    arms = {"amplified": amplified, "seeds_only": seeds_repeated, "truth": truth_dir}
+    amp_args = [f"checkpoint={dda_dir / 'dda_final.pt'}", f"input_dir={faces}", f"output_dir={out}"]
+    amp_args += [f"resolution={args.size}", "wandb.mode=disabled", *extra]
+    timed(name, dda_amplify.main, amp_args + _overrides(args.amplify_args))
+    return out
+
+
+def learned_weights(results: dict) -> list[str] | None:
+    """region_weights overrides that undo a calibration (the FGMM weights the DDA learned), or None."""
+    calibration = results.get("dda_calibration")
+    if not calibration:
+        return None
+    return [f"region_weights.{region}={value}" for region, value in calibration["learned_fgmm"].items()]
+
+
+def score_folders(made_dir: Path, truth_dir: Path, names: list[str]) -> dict:
+    made, truth = load_pairs(made_dir, names), load_pairs(truth_dir, names)
+    preds, truths = [made[n][1] for n in names], [truth[n][1] for n in names]
+    return score(preds, truths, [made[n][0] for n in names], [made[n][2] for n in names])
+
+
+def tinybeauty_arms(args, arms: dict[str, Path], heldout: dict, work: Path, timed: Timer, results: dict) -> None:
+    """TinyBeauty trained on each arm's pairs, scored on the held-out pairs; the gains between the arms."""
+    import tinybeauty_training
+
     results["tinybeauty"] = {}
     for arm, root in arms.items():
         out = work / f"tinybeauty_{arm}"
@@ -332,10 +352,198 @@ def main(argv: list[str] | None = None) -> dict:
             tb_args = [f"data.root={root}", f"output_dir={out}", "wandb.mode=disabled", f"data.size={args.size}"]
             timed(f"tinybeauty_{arm}", tinybeauty_training.main, tb_args + _overrides(args.tinybeauty))
         results["tinybeauty"][arm] = tinybeauty_on(out / "tinybeauty_final.pt", heldout)
-    tb = results["tinybeauty"]
-    results["gain_amplified_over_seeds_db"] = round(tb["amplified"]["psnr_db"] - tb["seeds_only"]["psnr_db"], 3)
-    results["gap_truth_minus_amplified_db"] = round(tb["truth"]["psnr_db"] - tb["amplified"]["psnr_db"], 3)
-    return finish(results, timings, args)
+    tb = {arm: scores["psnr_db"] for arm, scores in results["tinybeauty"].items()}
+    results["gain_amplified_over_seeds_db"] = round(tb["amplified"] - tb["seeds_only"], 3)
+    results["gap_truth_minus_amplified_db"] = round(tb["truth"] - tb["amplified"], 3)
+    gap = tb["truth"] - tb["seeds_only"]
+    results["share_of_gap_closed"] = round((tb["amplified"] - tb["seeds_only"]) / gap, 3) if gap > 0 else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    return learned_style(args) if args.pairs else template_run(args)
+
+
+def template_run(args) -> dict:
+    """A makeup template: seeds rendered on --seed-faces, truth rendered on every amplified and held-out crop."""
+    import make_seed_pairs
+
+    template = make_seed_pairs.load_template(args.template)
+    work = Path(args.work or REPO / "runs" / "dal_eval" / str(template.name))
+    work.mkdir(parents=True, exist_ok=True)
+    timed = Timer()
+    seeds = work / "seed_pairs"
+    timed(
+        "seed_pairs",
+        make_seed_pairs.main,
+        ["--faces", args.seed_faces, "--template", args.template, "--num", str(args.seeds), "--size", str(args.size)]
+        + ["--output", str(seeds)],
+    )
+    dda_dir = train_dda(args, seeds, work, timed)
+    results: dict = {"template": str(template.name), "pretrained": args.pretrained}
+    resolution = score_dda(args, dda_dir, seeds, results)
+    if args.until == "dda":
+        return finish(results, timed.seconds, args)
+    exclude = seed_face_digests(Path(args.seed_faces), seeds)
+    amplify_faces, heldout_faces, results["seed_faces_left_out"] = split_faces(
+        Path(args.faces), work, args.amplify, args.heldout, args.seed, exclude
+    )
+    amplified = amplify(args, dda_dir, amplify_faces, work / "amplified", timed, "dda_amplify")
+    truth_dir = work / "truth_amplified"
+    names = timed("truth", render_truth, amplified, template, truth_dir)
+    results["amplified_vs_truth"] = score_folders(amplified, truth_dir, names)
+    uncalibrated = learned_weights(results)
+    if uncalibrated:  # the same DDA with the FGMM weights it learned: what the calibration changed
+        learned = amplify(
+            args, dda_dir, amplify_faces, work / "amplified_learned_fgmm", timed, "dda_amplify_learned", uncalibrated
+        )
+        results["amplified_vs_truth_learned_fgmm"] = score_folders(learned, truth_dir, names)
+    # The same faces through a perfect latent edit: how much of the goal the base model's VAE allows.
+    truth_pairs = load_pairs(truth_dir, names)
+    results["amplified_vae_ceiling"] = timed(
+        "vae_ceiling", vae_ceiling, load_vae(args.pretrained), truth_pairs, resolution
+    )
+    if args.until == "amplify":
+        return finish(results, timed.seconds, args)
+
+    heldout_crops = work / "heldout_crops"
+    timed("heldout_crops", prepare_heldout, heldout_faces, heldout_crops, args.size)
+    heldout_truth = work / "heldout_truth"
+    timed("heldout_truth", render_truth, heldout_crops, template, heldout_truth)
+    seeds_repeated = work / "seed_pairs_repeated"
+    replicate_pairs(seeds, seeds_repeated, len(names))
+    arms = {"amplified": amplified, "seeds_only": seeds_repeated, "truth": truth_dir}
+    tinybeauty_arms(args, arms, load_pairs(heldout_truth), work, timed, results)
+    return finish(results, timed.seconds, args)
+
+
+# --------------------------------------------------------------------------------------------
+# A learned style (--pairs): five of its pairs are the seeds, its other pairs the truth
+# --------------------------------------------------------------------------------------------
+def split_style_pairs(pairs_dir: Path, work: Path, seeds: int, heldout: int, seed: int) -> dict[str, list[str]]:
+    """A seeded shuffle of the style's pair names: `seeds` for the DDA, `heldout` for TinyBeauty's score, the rest
+    (`pool`) for the amplifier's score and the truth arm. Recorded in style_split.json; another split refuses the folder."""
+    names = sorted(
+        set(p.stem for p in list_images(pairs_dir / "source")) & set(p.stem for p in list_images(pairs_dir / "target"))
+    )
+    if len(names) < seeds + heldout + 1:
+        raise SystemExit(
+            f"error: {pairs_dir} has {len(names)} pairs; --seeds + --heldout need {seeds + heldout} and more"
+        )
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    split = {"seeds": order[:seeds], "heldout": order[seeds : seeds + heldout], "pool": order[seeds + heldout :]}
+    record = work / "style_split.json"
+    wanted = {"pairs": str(pairs_dir), "seed": seed, **split}
+    if record.is_file() and json.loads(record.read_text()) != wanted:
+        raise SystemExit(f"error: {work} was made for another split of the pairs; give another --work")
+    atomic_write_text(record, json.dumps(wanted))
+    return split
+
+
+def photos_by_name(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in list_images(folder)}
+
+
+def link_photos(pairs_dir: Path, names: list[str], out: Path) -> tuple[Path, Path]:
+    """out/before and out/after: symlinks to the named pairs' source and target photos."""
+    folders = []
+    for kind, sub in (("before", "source"), ("after", "target")):
+        folder, photos = out / kind, photos_by_name(pairs_dir / sub)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            link = folder / photos[name].name
+            if not link.exists():
+                os.symlink(photos[name].resolve(), link)
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
+def import_pairs(pairs_dir: Path, names: list[str], work: Path, label: str, size: int, timed: Timer) -> Path:
+    """The named pairs through `make_seed_pairs.py --import`: aligned and parsed as a user's own pairs are."""
+    import make_seed_pairs
+
+    before, after = link_photos(pairs_dir, names, work / f"photos_{label}")
+    out = work / label
+    timed(
+        f"import_{label}",
+        make_seed_pairs.main,
+        ["--import", str(before), str(after), "--output", str(out), "--size", str(size)],
+    )
+    return out
+
+
+def style_truth(amplified: Path, pairs_dir: Path, out: Path, size: int) -> list[str]:
+    """Each amplified crop's true target: the style's own target photo cut by the very affine stage 3 used
+    (manifest `matrix`), beside the amplified source and mask. Returns the names written."""
+    import dda_amplify
+    from common import atomic_save_image, load_config
+    from data.face_align import FaceAligner
+    from data.io import read_labels, read_rgb, resize_rgb
+
+    # Stage 3 cuts at max(size, face.parse_size) and resizes to `size`; its manifest matrix is scaled to `size`.
+    crop_size = max(size, int(load_config(dda_amplify.DEFAULT_CONFIG).face.parse_size))
+    cutter, targets = FaceAligner(size=crop_size), photos_by_name(pairs_dir / "target")
+    names = []
+    for line in (amplified / "manifest.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["status"] != "ok":
+            continue
+        name = record["name"]
+        if not (out / "target" / f"{name}.png").exists():
+            target = read_rgb(targets[Path(record["input"]).stem])
+            matrix = np.asarray(record["matrix"], np.float64) * (crop_size / size)
+            crop = np.array(resize_rgb(cutter.crop_with_matrix(matrix, target), size))
+            atomic_save_image(read_rgb(amplified / "source" / f"{name}.png"), out / "source" / f"{name}.png")
+            atomic_save_image(read_labels(amplified / "mask" / f"{name}.png"), out / "mask" / f"{name}.png")
+            atomic_save_image(crop, out / "target" / f"{name}.png")
+        names.append(name)
+    return names
+
+
+def learned_style(args) -> dict:
+    pairs_dir = Path(args.pairs)
+    work = Path(args.work or REPO / "runs" / "dal_eval" / pairs_dir.name)
+    work.mkdir(parents=True, exist_ok=True)
+    timed = Timer()
+    split = split_style_pairs(pairs_dir, work, args.seeds, args.heldout, args.seed)
+    seeds = import_pairs(pairs_dir, split["seeds"], work, "seed_pairs", args.size, timed)
+    dda_dir = train_dda(args, seeds, work, timed)
+    results: dict = {"pairs": str(pairs_dir), "pretrained": args.pretrained, "seed_names": split["seeds"]}
+    resolution = score_dda(args, dda_dir, seeds, results)
+    if args.until == "dda":
+        return finish(results, timed.seconds, args)
+
+    # The amplifier on unseen faces of the style, scored against the style's own targets on the same crops.
+    scored = split["pool"][: args.score]
+    photos, _ = link_photos(pairs_dir, scored, work / "photos_scored")
+    amplified_style = amplify(args, dda_dir, photos, work / "amplified_style", timed, "dda_amplify_style")
+    truth_dir = work / "truth_style"
+    names = timed("truth", style_truth, amplified_style, pairs_dir, truth_dir, args.size)
+    results["amplified_vs_truth"] = score_folders(amplified_style, truth_dir, names)
+    uncalibrated = learned_weights(results)
+    if uncalibrated:
+        learned = amplify(
+            args, dda_dir, photos, work / "amplified_style_learned_fgmm", timed, "dda_amplify_learned", uncalibrated
+        )
+        results["amplified_vs_truth_learned_fgmm"] = score_folders(learned, truth_dir, names)
+    truth_pairs = load_pairs(truth_dir, names)
+    results["amplified_vae_ceiling"] = timed(
+        "vae_ceiling", vae_ceiling, load_vae(args.pretrained), truth_pairs, resolution
+    )
+    if args.until == "amplify":
+        return finish(results, timed.seconds, args)
+
+    amplify_faces, _, _ = split_faces(Path(args.faces), work, args.amplify, 0, args.seed)
+    amplified = amplify(args, dda_dir, amplify_faces, work / "amplified", timed, "dda_amplify")
+    count = sum(1 for _ in (amplified / "target").glob("*.png"))
+    truth_pool = import_pairs(pairs_dir, split["pool"], work, "truth_pairs", args.size, timed)
+    heldout = import_pairs(pairs_dir, split["heldout"], work, "heldout_pairs", args.size, timed)
+    arms = {"amplified": amplified, "seeds_only": work / "seed_pairs_repeated", "truth": work / "truth_pairs_repeated"}
+    replicate_pairs(seeds, arms["seeds_only"], count)
+    replicate_pairs(truth_pool, arms["truth"], count)
+    results["tinybeauty_pairs"] = {"amplified": count, "truth_distinct": len(list_images(truth_pool / "source"))}
+    tinybeauty_arms(args, arms, load_pairs(heldout), work, timed, results)
+    return finish(results, timed.seconds, args)
 
 
 def finish(results: dict, timings: dict, args) -> dict:

@@ -44,6 +44,7 @@ its own detail (the RDM idea applied across resolutions).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -52,6 +53,7 @@ from torch import nn
 
 from models.fgmm import FGMM, REGIONS
 from models.rdm import RDM
+from models.region_conditioning import RegionConditioning, region_maps
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]  # attention only, as diffusers' LoRA examples
 SCHEDULERS = ("ddim", "euler_ancestral")
@@ -168,6 +170,7 @@ class DDA(nn.Module):
         scheduler: str = DEFAULT_SCHEDULER,
         lora_targets: list[str] | None = None,
         lora_dropout: float = 0.0,
+        region_conditioning: bool = False,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -180,6 +183,11 @@ class DDA(nn.Module):
         add_lora(unet, lora_rank, lora_alpha, self.lora_targets, lora_dropout)
         self.rdm = RDM(unet, alpha=rdm_alpha)
         self.fgmm = FGMM(**(fgmm or {}))
+        # The face's region map as extra (zero-initialised) conv_in channels: models/region_conditioning.py.
+        self.region_conditioning = RegionConditioning(unet.conv_in.out_channels) if region_conditioning else None
+        if self.region_conditioning is not None:
+            self.region_conditioning.attach(unet)
+            self.region_conditioning.to(self.vae.device)
         self.prompt, self.resolution = prompt, int(resolution)
         self.lora_rank, self.lora_alpha = int(lora_rank), float(lora_alpha)
         # The image-to-image setting the DDA is trained on; sampling defaults to it (`sampling_settings`).
@@ -203,9 +211,12 @@ class DDA(nn.Module):
         return self.vae.dtype
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """The three groups that train: LoRA weights, RDM alpha, FGMM region weights."""
+        """The groups that train: LoRA weights, RDM alpha, FGMM region weights (and the region conditioning)."""
         lora = [p for n, p in self.unet.named_parameters() if "lora_" in n]
-        return {"lora": lora, "rdm_alpha": [self.rdm.alpha], "fgmm": [self.fgmm.region_weights]}
+        groups = {"lora": lora, "rdm_alpha": [self.rdm.alpha], "fgmm": [self.fgmm.region_weights]}
+        if self.region_conditioning is not None:
+            groups["region_conditioning"] = list(self.region_conditioning.parameters())
+        return groups
 
     def set_trainable(self) -> None:
         """Freeze everything, then unfreeze exactly the LoRA, RDM alpha and FGMM weights."""
@@ -269,6 +280,20 @@ class DDA(nn.Module):
         """Scaled latents -> (B, 3, H, W) images (not clamped)."""
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample
 
+    def predict_noise(self, noisy, timesteps, text, *, use_lora: bool = True, regions: torch.Tensor | None = None):
+        """The UNet's noise prediction: the styled model (LoRA on, and the face's region maps when the DDA is
+        region-conditioned) or the base model (LoRA off, no region maps: the base model's own run)."""
+        conditioned = self.region_conditioning is not None and use_lora and regions is not None
+        context = self.region_conditioning.given(regions) if conditioned else contextlib.nullcontext()
+        with context:
+            return self.rdm(noisy, timesteps, text, use_lora=use_lora)
+
+    def region_maps(self, makeup_mask: torch.Tensor | None, latent_hw) -> torch.Tensor | None:
+        """(B, 3, h, w) soft region maps of the mask at the latent size, or None when not region-conditioned."""
+        if self.region_conditioning is None or makeup_mask is None:
+            return None
+        return region_maps(makeup_mask.to(self.device), latent_hw).to(self.dtype)
+
     # ---- training ------------------------------------------------------------------------------
     def training_timesteps(self) -> torch.Tensor:
         return visited_timesteps(make_inference_scheduler(self.noise_scheduler, "ddim"), self.strength, self.num_steps)
@@ -307,10 +332,11 @@ class DDA(nn.Module):
         noisy_source = (a_t.sqrt() * z_source.float() + (1 - a_t).sqrt() * noise).to(self.dtype)
         text = self.encode_prompt().expand(batch, -1, -1)
 
-        noise_pred = self.rdm(noisy, timesteps, text)
+        regions = self.region_maps(makeup_mask, z_source.shape[-2:])
+        noise_pred = self.predict_noise(noisy, timesteps, text, regions=regions)
         end_pred = _ddim_end(noisy.float(), noise_pred.float(), a_t, a_end)
         with torch.no_grad():  # S': the base model's own reconstruction of the source
-            base_pred = self.rdm(noisy_source, timesteps, text, use_lora=False)
+            base_pred = self.predict_noise(noisy_source, timesteps, text, use_lora=False)
             end_base = _ddim_end(noisy_source.float(), base_pred.float(), a_t, a_end)
             reconstruction = self.decode(end_base.to(self.dtype)).float()
         decoded = self.decode(end_pred.to(self.dtype)).float()
@@ -332,6 +358,7 @@ class DDA(nn.Module):
         editable: torch.Tensor | None,
         *,
         use_lora: bool,
+        regions: torch.Tensor | None = None,
         strength: float,
         num_steps: int,
         scheduler: str,
@@ -352,7 +379,7 @@ class DDA(nn.Module):
         for i, t in enumerate(timesteps):
             model_in = torch.cat([latents] * 2) if guidance_scale > 1.0 else latents
             model_in = sched.scale_model_input(model_in, t)
-            noise_pred = self.rdm(model_in, t, text, use_lora=use_lora)
+            noise_pred = self.predict_noise(model_in, t, text, use_lora=use_lora, regions=regions)
             if guidance_scale > 1.0:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)
@@ -404,7 +431,10 @@ class DDA(nn.Module):
         )
         settings = self.sampling_settings(strength, num_steps, scheduler)
         settings["guidance_scale"] = guidance_scale
-        styled_latents = self._denoise(z_source, editable, use_lora=True, generator=generator, **settings)
+        regions = self.region_maps(makeup_mask, z_source.shape[-2:])
+        styled_latents = self._denoise(
+            z_source, editable, use_lora=True, regions=regions, generator=generator, **settings
+        )
         base_latents = self._denoise(z_source, editable, use_lora=False, generator=base_generator, **settings)
         decoded = self.decode(styled_latents).float()
         reconstruction = self.decode(base_latents).float()
@@ -508,16 +538,23 @@ class DDA(nn.Module):
             "lora_targets": self.lora_targets,
             "rdm_alpha": float(self.rdm.alpha.detach()),
             "fgmm": self.fgmm.weights(),
+            "region_conditioning": self.region_conditioning is not None,
         }
 
     def state(self) -> dict:
-        """The trained part for a checkpoint: LoRA weights, RDM and FGMM state, settings."""
-        return {
+        """The trained part for a checkpoint: LoRA weights, RDM and FGMM state, region conditioning, settings."""
+        state = {
             "settings": self.settings(),
             "lora": self.lora_state_dict(),
             "rdm_alpha": self.rdm.alpha.detach().cpu().clone(),
             "fgmm": {k: v.detach().cpu().clone() for k, v in self.fgmm.state_dict().items()},
         }
+        if self.region_conditioning is not None:
+            state["region_conditioning"] = self.region_conditioning_state()
+        return state
+
+    def region_conditioning_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.region_conditioning.state_dict().items()}
 
     def load_state(self, state: dict) -> None:
         from peft.utils import set_peft_model_state_dict
@@ -529,3 +566,17 @@ class DDA(nn.Module):
         with torch.no_grad():
             self.rdm.alpha.copy_(state["rdm_alpha"])
         self.fgmm.load_state_dict(state["fgmm"])
+        if self.region_conditioning is not None:
+            self.load_region_conditioning(state.get("region_conditioning"))
+
+    def load_region_conditioning(self, weights: dict[str, torch.Tensor] | None) -> None:
+        if weights is None:
+            raise ValueError("the DDA is region-conditioned, but the saved state holds no region conditioning weights")
+        saved, own = tuple(weights["conv.weight"].shape), tuple(self.region_conditioning.conv.weight.shape)
+        if saved != own:
+            raise ValueError(
+                f"its region conditioning was trained for a conv_in with {saved[0]} output channels "
+                f"({saved[1]} region channels), but the base model '{self.pretrained}' has a conv_in with {own[0]}: "
+                "load it on the base model it was trained on (model.pretrained)"
+            )
+        self.region_conditioning.load_state_dict(weights)

@@ -4,7 +4,9 @@ Two forms, both written by `dda_training.py`:
 - `dda_final.pt` / `dda_checkpoint_epoch_N.pt`: the LoRA weights, RDM alpha, FGMM weights and the
   settings (`DDA.state()`), read with `common.load_checkpoint` (weights only, never pickle);
 - `pytorch_lora_weights.safetensors` + `dda_modules.json`: the LoRA as any diffusers pipeline loads it
-  (`pipe.load_lora_weights(folder)`), with RDM alpha, FGMM weights and settings in plain JSON.
+  (`pipe.load_lora_weights(folder)`), with RDM alpha, FGMM weights and settings in plain JSON; a
+  region-conditioned DDA also writes `dda_region_conditioning.safetensors` (conv_in's extra input channels,
+  `models/region_conditioning.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from models.sd_base import load_base_model
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 DDA_MODULES_NAME = "dda_modules.json"  # RDM alpha, FGMM weights and settings next to the LoRA file
+REGION_WEIGHTS_NAME = "dda_region_conditioning.safetensors"  # conv_in's extra region channels, when trained
 
 
 def save_lora(dda: DDA, folder: str | os.PathLike) -> Path:
@@ -47,6 +50,11 @@ def save_lora(dda: DDA, folder: str | os.PathLike) -> Path:
             safe_serialization=True,
         )
         (tmp / DDA_MODULES_NAME).write_text(json.dumps(dda.settings(), indent=1))
+        if dda.region_conditioning is not None:
+            from safetensors.torch import save_file
+
+            save_file(dda.region_conditioning_state(), str(tmp / REGION_WEIGHTS_NAME))
+            os.replace(tmp / REGION_WEIGHTS_NAME, folder / REGION_WEIGHTS_NAME)
         os.replace(tmp / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
         os.replace(tmp / DDA_MODULES_NAME, folder / DDA_MODULES_NAME)
     finally:
@@ -70,6 +78,7 @@ def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torc
         scheduler=str(cfg.diffusion.scheduler),
         lora_targets=list(cfg.lora.target_modules),
         lora_dropout=float(cfg.lora.get("dropout", 0.0)),
+        region_conditioning=bool(cfg.model.region_conditioning),
     )
 
 
@@ -101,7 +110,10 @@ def load_dda(
     settings = state["dda"]["settings"]
     base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
     dda = _dda_from_settings(settings, base)
-    dda.load_state(state["dda"])
+    try:
+        dda.load_state(state["dda"])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     dda.to(device)
     return dda.eval()
 
@@ -137,9 +149,20 @@ def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
     settings.setdefault("lora_alpha", config.lora_alpha)
     settings.setdefault("lora_targets", sorted(config.target_modules))
     dda = _dda_from_settings(settings, base)
-    dda.load_state(
-        {"lora": lora, "rdm_alpha": torch.tensor(float(settings["rdm_alpha"])), "fgmm": dda.fgmm.state_dict()}
-    )
+    state = {"lora": lora, "rdm_alpha": torch.tensor(float(settings["rdm_alpha"])), "fgmm": dda.fgmm.state_dict()}
+    if dda.region_conditioning is not None:
+        from safetensors.torch import load_file
+
+        weights = folder / REGION_WEIGHTS_NAME
+        if not weights.is_file():
+            raise CheckpointError(
+                f"{folder}: {DDA_MODULES_NAME} says region_conditioning, but {weights.name} is missing"
+            )
+        state["region_conditioning"] = load_file(str(weights))
+    try:
+        dda.load_state(state)
+    except ValueError as err:
+        raise CheckpointError(f"{folder}: {err}") from None
     dda.to(device)
     return dda.eval()
 
@@ -157,4 +180,5 @@ def _dda_from_settings(settings: dict, base: dict) -> DDA:
         num_steps=settings.get("num_steps", DEFAULT_NUM_STEPS),
         scheduler=settings.get("scheduler", DEFAULT_SCHEDULER),
         lora_targets=settings.get("lora_targets"),
+        region_conditioning=bool(settings.get("region_conditioning", False)),  # False before it existed
     )

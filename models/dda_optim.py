@@ -27,11 +27,11 @@ def prepare_training(dda: DDA, gradient_checkpointing: bool = False) -> DDA:
 
 
 def build_optimizer(dda: DDA, lr: float, scalar_lr: float) -> torch.optim.Adam:
-    """Adam with two groups: the LoRA at `lr`, RDM's alpha and FGMM's weights at `scalar_lr`."""
+    """Adam with two groups: the LoRA (and region conditioning) at `lr`, RDM's alpha and FGMM's weights at `scalar_lr`."""
     groups = dda.trainable_parameters()
     return torch.optim.Adam(
         [
-            {"params": groups["lora"], "lr": lr, "name": "lora"},
+            {"params": groups["lora"] + groups.get("region_conditioning", []), "lr": lr, "name": "lora"},
             {"params": groups["rdm_alpha"] + groups["fgmm"], "lr": scalar_lr, "name": "rdm_fgmm"},
         ]
     )

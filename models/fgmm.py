@@ -61,3 +61,21 @@ class FGMM(nn.Module):
         weighted = makeup_signal * weight
         # 0 * signal is -0.0 or NaN for non-finite signals: make "no makeup here" an exact zero.
         return torch.where(weight == 0, torch.zeros_like(weighted), weighted)
+
+
+def fit_region_gains(
+    change: torch.Tensor, target_change: torch.Tensor, makeup_mask: torch.Tensor
+) -> dict[str, float | None]:
+    """Per region, the gain g that brings `change` closest to `target_change` (least squares inside the region).
+
+    change, target_change: (B, 3, H, W) (output - source, target - source); makeup_mask (B, H, W) labels.
+    g = <change, target> / <change, change> over the region's pixels and channels; None where the region is
+    empty or the change there is zero (nothing to scale). The calibration of `dda_training.py calibrate=K`.
+    """
+    gains: dict[str, float | None] = {}
+    for index, region in enumerate(REGIONS, start=1):
+        inside = (makeup_mask == index).unsqueeze(1).expand_as(change)
+        made, wanted = change[inside].double(), target_change[inside].double()
+        energy = float((made * made).sum())
+        gains[region] = float((made * wanted).sum()) / energy if made.numel() and energy > 1e-12 else None
+    return gains
