@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 from bench.tinybeauty_bench import training_throughput  # noqa: E402
 from common import atomic_write_text, count_parameters, load_checkpoint, load_config, psnr, setup_logging  # noqa: E402
 from data.paired import EYE, LIPS, SKIN, PairedDataset, scan_pairs  # noqa: E402
+from deploy.onnx_export import export_onnx, ort_session, quantize_int8  # noqa: E402
 from models.tinybeauty import count_macs, load_tinybeauty  # noqa: E402
-from tinybeauty_export import export_onnx, ort_session, quantize_int8  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "tinybeauty.yaml"
 STAGE = REPO / "tinybeauty_training.py"

@@ -32,13 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common import config_to_dict, count_parameters, get_device, load_checkpoint, load_config, setup_logging  # noqa: E402
+from deploy.onnx_export import export_onnx, ort_session, quantize_int8  # noqa: E402
 from losses.tinybeauty import TinyBeautyLoss  # noqa: E402
 from models.tinybeauty import (  # noqa: E402
     build_tinybeauty,
     count_macs,  # noqa: E402
     load_tinybeauty,
 )
-from tinybeauty_export import export_onnx, ort_session, quantize_int8  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "tinybeauty.yaml"
 

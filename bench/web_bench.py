@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import atomic_write_text  # noqa: E402
-from tinybeauty_export import ort_session  # noqa: E402
+from deploy.onnx_export import ort_session  # noqa: E402
 from web import page_driver  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,7 +31,8 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_inference_keeps_odd_sizes_and_adds_the_resized_residual(trained, tmp_path):
-    from tinybeauty_inference import apply_makeup, load_model, main
+    from deploy.makeup import apply_makeup, load_model
+    from tinybeauty_inference import main
 
     rng = np.random.default_rng(0)
     inputs = tmp_path / "in"
@@ -59,7 +60,8 @@ def test_inference_keeps_odd_sizes_and_adds_the_resized_residual(trained, tmp_pa
 
 def test_single_file_at_model_size_equals_the_forward_pass(trained, tmp_path):
     from common import from_uint8, to_uint8
-    from tinybeauty_inference import load_model, main
+    from deploy.makeup import load_model
+    from tinybeauty_inference import main
 
     face = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(face).save(tmp_path / "face.png")
@@ -85,7 +87,7 @@ class _SaturatedResidual(torch.nn.Module):
 def test_large_face_gets_the_clamped_change_not_the_raw_residual():
     """A white/grey face at 2x the model's size: the model changes nothing at its own resolution, so
     nothing may change at full size. Upsampling the raw +2 residual made a bright halo on the grey side."""
-    from tinybeauty_inference import apply_makeup
+    from deploy.makeup import apply_makeup
 
     face = np.full((64, 64, 3), 128, np.uint8)
     face[:, :32] = 255  # white left half, mid-grey right half
@@ -107,7 +109,7 @@ def test_large_face_gets_the_clamped_change_not_the_raw_residual():
 @pytest.mark.parametrize("shape", [(32, 32, 3), (45, 37, 3)])
 def test_intensity_zero_gives_the_face_back_and_one_the_default(trained, shape):
     from common import from_uint8, to_uint8
-    from tinybeauty_inference import apply_makeup, load_model
+    from deploy.makeup import apply_makeup, load_model
 
     cpu = torch.device("cpu")
     model, size = load_model(trained, cpu)
@@ -124,8 +126,8 @@ def test_intensity_zero_gives_the_face_back_and_one_the_default(trained, shape):
 @pytest.mark.parametrize("shape", [(32, 32, 3), (64, 48, 3)])
 def test_intensity_scales_the_change(shape):
     """A TinyBeauty whose residual is a known colour shift (the head's bias), on faces far from 0 and 255."""
+    from deploy.makeup import apply_makeup
     from models.tinybeauty import TinyBeauty
-    from tinybeauty_inference import apply_makeup
 
     model = TinyBeauty(stem="space_to_depth").eval()
     shift = torch.tensor([0.2, -0.1, 0.05])  # in [-1, 1] units: +25.5, -12.75, +6.4 grey levels
@@ -228,8 +230,8 @@ def test_onnx_intensity_is_an_optional_input(trained, tmp_path, int8_format):
     import onnx
     import onnxruntime as ort
 
+    from deploy.makeup import blend, load_model
     from tinybeauty_export import main
-    from tinybeauty_inference import blend, load_model
 
     # One epoch leaves a residual of ~0.005; a colour shift on top makes 0, 0.5, 1 and 1.5 far apart.
     state = torch.load(trained, weights_only=True)

@@ -168,7 +168,7 @@ def test_onnx_export_matches_pytorch(stem, tmp_path):
     """The exported graph (opset 17, constants folded) gives PyTorch's output, and has no leftover ops."""
     import onnx
 
-    from tinybeauty_export import export_onnx, ort_session
+    from deploy.onnx_export import export_onnx, ort_session
 
     torch.manual_seed(0)
     model = default_model(stem=stem).eval()

@@ -19,16 +19,11 @@ from bench.video_bench import (
     write_clip,
 )
 from common import load_config, run_cli
-from tinybeauty_video import (
-    DEFAULT_CONFIG,
-    MakeupModel,
-    OneEuroFilter,
-    ResidualFilter,
-    VideoMakeup,
-    VideoReadError,
-    main,
-    paste_change,
-)
+from data.face_tracking import OneEuroFilter, ResidualFilter, paste_change
+from data.video_io import VideoReadError
+from deploy.crop_model import MakeupModel
+from deploy.video import VideoMakeup
+from tinybeauty_video import DEFAULT_CONFIG, main
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,7 @@ def stand_in_model():
 @pytest.fixture(scope="module")
 def stand_in_onnx(stand_in_model, tmp_path_factory):
     """The stand-in exported as tinybeauty_export.py does (fp32)."""
-    from tinybeauty_export import export_onnx
+    from deploy.onnx_export import export_onnx
 
     return export_onnx(stand_in_model, tmp_path_factory.mktemp("model") / "tinybeauty_fp32.onnx", 256)
 

@@ -52,7 +52,7 @@ def uploaded(browser_page):
 def python_makeup(int8, crop: np.ndarray, intensity: float | None = None) -> np.ndarray:
     """ONNX Runtime in Python on an (S, S, 3) uint8 crop -> (S, S, 3) uint8, as tinybeauty_inference."""
     from common import from_uint8, to_uint8
-    from tinybeauty_export import ort_run, ort_session
+    from deploy.onnx_export import ort_run, ort_session
 
     source = from_uint8(crop)[None].numpy()
     return to_uint8(torch.from_numpy(ort_run(ort_session(int8), source, intensity=intensity))[0])

@@ -129,8 +129,8 @@ def stand_in_model(folder: Path, seed: int = 0) -> Path:
 
     from common import from_uint8
     from data.io import read_rgb, resize_rgb
+    from deploy.onnx_export import export_onnx, quantize_int8
     from models.tinybeauty import TinyBeauty
-    from tinybeauty_export import export_onnx, quantize_int8
 
     torch.manual_seed(seed)
     model = TinyBeauty().eval()  # the default config's architecture; its head starts at zero

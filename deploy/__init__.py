@@ -1,0 +1,1 @@
+"""The runtime of a trained TinyBeauty: checkpoint loading, the intensity blend, ONNX export and sessions, video."""
