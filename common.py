@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from errors import CheckpointError, ConfigError, InputError, MakeupError
 
@@ -418,8 +418,6 @@ def make_grid(
             canvas[y : y + cell.shape[0], x : x + cell.shape[1]] = cell[..., :3]
     grid = Image.fromarray(canvas)
     if labels:
-        from PIL import ImageDraw
-
         draw = ImageDraw.Draw(grid)
         for c, label in enumerate(labels):
             draw.text((pad + c * (w + pad) + 2, 2), label, fill=(0, 0, 0))

@@ -36,11 +36,9 @@ with other settings; files are written atomically, so a killed run leaves no hal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -51,7 +49,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 from tqdm import tqdm
 
 from common import (
@@ -69,134 +66,27 @@ from common import (
     setup_logging,
     to_uint8,
 )
-from data.io import ImageReadError, list_images, read_labels, read_rgb, resize_labels, resize_rgb
-from errors import ConfigError, InputError
+from data.amplify_manifest import (
+    MANIFEST,
+    Job,
+    ShardWriter,
+    check_settings,
+    is_done,
+    job_key,
+    load_manifest,
+    merge_manifest,
+    my_batches,
+    pair_files,
+    plan_jobs,
+)
+from data.face_crops import PreparedFace, SkipInput, build_face_tools, prepare_face
+from data.io import read_labels, read_rgb
+from errors import ConfigError
 from models.dda import SCHEDULERS
+from models.dda_io import load_dda
 from models.fgmm import REGIONS  # FGMM regions; labels 1, 2, 3 in the mask (data/paired.py)
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dda_amplify.yaml"
-MANIFEST = "manifest.jsonl"
-SHARD_DIR = "manifest.parts"  # one shard per process while running; merged into MANIFEST at the end
-# Settings recorded per pair: a resumed run must not mix pairs made with other values into one set.
-RECORDED_SETTINGS = (
-    "seed",
-    "strength",
-    "num_steps",
-    "scheduler",
-    "guidance_scale",
-    "region_weights",
-    "style",
-    "resolution",
-)
-
-
-# --------------------------------------------------------------------------------------------
-# The plan: which pairs, under which names and seeds
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    index: int  # position in the global plan; batches are cut from this order
-    input: Path
-    input_name: str  # file name inside input_dir: the manifest key and the seed's source
-    name: str  # output pair name
-    variant: int
-    seed: int
-
-
-def pair_seed(seed: int, input_name: str, variant: int) -> int:
-    """A pair's own seed: stable across machines and Python runs (unlike hash())."""
-    digest = hashlib.sha256(f"{seed}/{input_name}/{variant}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31)
-
-
-def plan_jobs(input_dir: Path, num_images: int | None, variants: int, seed: int) -> list[Job]:
-    """The first `num_images` image files by name (all when -1/None), `variants` pairs each."""
-    files = list_images(input_dir)
-    if num_images is not None and num_images >= 0:
-        files = files[:num_images]
-    stems = Counter(p.stem for p in files)
-    jobs = []
-    for path in files:
-        # face.jpg and face.png in one folder would collide on NAME: keep the suffix in both names.
-        base = path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
-        for variant in range(variants):
-            name = base if variants == 1 else f"{base}_v{variant:02d}"
-            jobs.append(Job(len(jobs), path, path.name, name, variant, pair_seed(seed, path.name, variant)))
-    return jobs
-
-
-def job_key(input_name: str, variant: int) -> str:
-    return f"{input_name}#{variant}"
-
-
-def my_batches(jobs: Sequence[Job], batch_size: int, process_index: int, num_processes: int) -> list[list[Job]]:
-    """Fixed batches of the global plan, dealt round robin: the same batches whatever the process count."""
-    batches = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
-    return batches[process_index::num_processes]
-
-
-# --------------------------------------------------------------------------------------------
-# One input: read, find the face, parse its makeup regions
-# --------------------------------------------------------------------------------------------
-class SkipInput(Exception):
-    """An input that gives no pair. `reason` is a short code for the summary, `detail` says why."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-@dataclass
-class PreparedFace:
-    source: np.ndarray  # (R, R, 3) uint8, the aligned crop
-    mask: np.ndarray  # (R, R) uint8 makeup labels
-    box: list[float]
-    matrix: list[list[float]]  # (2, 3) photo -> output crop affine, to paste the makeup back into the photo
-    seconds: float
-
-
-def read_photo(path: Path) -> np.ndarray:
-    try:
-        return read_rgb(path)
-    except ImageReadError as err:
-        try:
-            with Image.open(path):  # header only: does it even claim to be an image?
-                reason = "corrupt"
-        except Exception:
-            reason = "not_an_image"
-        raise SkipInput(reason, str(err)) from None
-
-
-def _box_area(box) -> float:
-    x0, y0, x1, y1 = (float(v) for v in list(box)[:4])
-    return abs(x1 - x0) * abs(y1 - y0)
-
-
-def prepare_face(path: Path, aligner, parser, resolution: int) -> PreparedFace:
-    """The largest face of the photo, aligned at `resolution`, with its makeup-region labels."""
-    start = time.perf_counter()
-    photo = read_photo(path)
-    faces = aligner.detect(photo)
-    if not faces:
-        raise SkipInput("no_face", f"{path}: no face found")
-    face = max(faces, key=lambda f: _box_area(f.box))
-    crop = np.ascontiguousarray(face.crop)  # (S, S, 3) at the aligner's size (>= resolution)
-    parse = parser.parse(crop)
-    if parse is None:
-        raise SkipInput("no_face_parse", f"{path}: the face parser found no face in the aligned crop")
-    mask = np.array(resize_labels(np.ascontiguousarray(parse.makeup, np.uint8), resolution))
-    scale = resolution / crop.shape[0]
-    crop = np.array(resize_rgb(crop, resolution))  # writable, own memory
-    if not (mask > 0).any():
-        raise SkipInput("no_makeup_region", f"{path}: no eye, lip or skin region in the aligned crop")
-    return PreparedFace(
-        source=crop,
-        mask=mask,
-        box=[round(float(v), 2) for v in list(face.box)[:4]],
-        # photo -> crop at the output resolution (the aligner's crop was `scale` times larger)
-        matrix=(np.asarray(face.matrix, np.float64) * scale).round(6).tolist(),
-        seconds=time.perf_counter() - start,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,91 +161,6 @@ def keep_source_outside_makeup(
     out = target.copy()
     out[keep] = source[keep]
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Manifest: per-process shards while running, merged at the end; read back on resume
-# --------------------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill: its pair is simply made again
-    return records
-
-
-def load_manifest(out_dir: Path) -> dict[str, dict]:
-    """Every recorded pair by key (merged manifest first, then shards; later lines win)."""
-    records: dict[str, dict] = {}
-    shard_paths = sorted((out_dir / SHARD_DIR).glob("*.jsonl")) if (out_dir / SHARD_DIR).is_dir() else []
-    for path in [out_dir / MANIFEST, *shard_paths]:
-        for record in _read_jsonl(path):
-            records[job_key(record["input"], record["variant"])] = record
-    return records
-
-
-def pair_files(out_dir: Path, name: str) -> list[Path]:
-    return [out_dir / sub / f"{name}.png" for sub in ("source", "target", "mask")]
-
-
-def is_done(record: dict | None, out_dir: Path) -> bool:
-    if record is None:
-        return False
-    if record["status"] == "skipped":
-        return True
-    return record["status"] == "ok" and all(p.is_file() for p in pair_files(out_dir, record["name"]))
-
-
-class ShardWriter:
-    """Appends manifest lines for one process; each line is flushed to disk after its pair's files."""
-
-    def __init__(self, out_dir: Path, process_index: int):
-        path = out_dir / SHARD_DIR / f"rank{process_index:03d}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a")  # noqa: SIM115 (closed in close())
-        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-            self.file.write("\n")  # a line cut short by a kill stays on its own (unparseable) line
-
-    def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def merge_manifest(out_dir: Path, jobs: Sequence[Job]) -> list[dict]:
-    """manifest.jsonl in plan order (pairs from earlier, larger plans after), then the shards removed."""
-    records = load_manifest(out_dir)
-    order = {job_key(j.input_name, j.variant): j.index for j in jobs}
-    merged = sorted(records.values(), key=lambda r: (order.get(job_key(r["input"], r["variant"]), math.inf), r["name"]))
-    atomic_write_text(out_dir / MANIFEST, "".join(json.dumps(r) + "\n" for r in merged))
-    shard_dir = out_dir / SHARD_DIR
-    if shard_dir.is_dir():
-        for path in shard_dir.glob("*.jsonl"):
-            path.unlink()
-        shard_dir.rmdir()
-    return merged
-
-
-def check_settings(records: dict[str, dict], jobs: Sequence[Job], settings: dict, out_dir: Path) -> None:
-    """Stop before mixing pairs made with other settings into the same output folder."""
-    for job in jobs:
-        record = records.get(job_key(job.input_name, job.variant))
-        if record is None or record["status"] != "ok":
-            continue
-        wanted = dict(settings, seed=job.seed)
-        for key in RECORDED_SETTINGS:
-            if record.get(key) != wanted[key]:
-                raise InputError(
-                    f"{out_dir} holds pairs made with {key}={record.get(key)!r} (e.g. {record['name']}), "
-                    f"not {wanted[key]!r}: use a new output_dir or the same settings to resume"
-                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,7 +299,7 @@ def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolut
         bar.set_postfix(made=made, skipped=skipped_now)
     shard.close()
 
-    from accelerate.utils import gather_object
+    from accelerate.utils import gather_object  # accelerate: only the amplifier's launch needs it, loaded there
 
     counts = gather_object([{"made": made, "skipped": skipped_now, "dda_seconds": dda_seconds}])
     accelerator.wait_for_everyone()
@@ -617,8 +422,6 @@ def model_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     """One DDA per distinct style checkpoint, and the output resolution (the DDA's when not set)."""
-    from models.dda_io import load_dda
-
     dtype = model_dtype(str(cfg.model.dtype), device)
     models = {}
     for checkpoint, _ in style_groups(cfg):
@@ -636,17 +439,8 @@ def resolve_sampling(cfg: DictConfig, dda) -> None:
     log.info("sampling: strength %s, %s steps, %s", cfg.strength, cfg.num_steps, cfg.scheduler)
 
 
-def build_face_tools(cfg: DictConfig, resolution: int):
-    from data.face_align import FaceAligner
-    from data.face_parsing import FaceParser
-
-    size = max(resolution, int(cfg.face.parse_size))
-    aligner = FaceAligner(size=size, margin=float(cfg.face.margin), max_faces=int(cfg.face.max_faces))
-    return aligner, FaceParser()
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # accelerate: only the amplifier's launch needs it, loaded there
 
     _, cfg = parse_stage_args(__doc__, DEFAULT_CONFIG, argv)
     check_config(cfg)

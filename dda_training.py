@@ -58,12 +58,13 @@ from common import (
     setup_logging,
     to_uint8,
 )
+from data.face_parsing import FaceParser
 from data.io import ImageReadError, list_images, read_rgb, resize_rgb
 from data.paired import SKIN, DatasetError, PairedDataset, scan_pairs
 from errors import CheckpointError, ConfigError, InputError
 from losses.dda import DDALoss
 from models.dda import DDA
-from models.dda_io import build_dda, save_lora
+from models.dda_io import build_dda, load_dda, save_lora
 from models.dda_optim import build_optimizer, prepare_training, train_step
 from models.fgmm import fit_region_gains
 
@@ -77,8 +78,6 @@ MIXED_PRECISION = ("fp16", "no")  # the values of model.mixed_precision
 # --------------------------------------------------------------------------------------------
 def _parse_makeup(rgb: np.ndarray) -> np.ndarray | None:
     """Makeup-region labels from the face parser (imported lazily: mediapipe is slow to load)."""
-    from data.face_parsing import FaceParser
-
     if not hasattr(_parse_makeup, "parser"):
         _parse_makeup.parser = FaceParser()
     parse = _parse_makeup.parser.parse(rgb)
@@ -448,8 +447,6 @@ def calibrate(cfg, run: dict, run_dir: Path) -> dict:
 
 def train_fold(cfg, pairs: list, held_out: int, fold_dir: Path) -> DDA:
     """The DDA of one fold: trained on every pair but `held_out`, or loaded when the fold finished earlier."""
-    from models.dda_io import load_dda
-
     if (fold_dir / "dda_final.pt").is_file():
         return load_dda(fold_dir / "dda_final.pt", device=get_device(cfg.train.device))
     data = fold_dir / "pairs"

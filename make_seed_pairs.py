@@ -20,25 +20,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from common import (
-    REPO_ROOT,
     atomic_save_image,
     atomic_write_text,
-    load_config,
     make_grid,
     run_cli,
     setup_logging,
 )
 from data.face_align import FaceAligner
 from data.face_parsing import FaceParser
-from data.io import ImageReadError, list_images, read_rgb
-from data.makeup_render import render_makeup
-from errors import ConfigError, InputError
+from data.io import ImageReadError, list_images, read_labels, read_rgb
+from data.makeup_render import load_template, render_makeup
+from errors import InputError
 
 log = logging.getLogger("makeup")
-TEMPLATE_SCHEMA = REPO_ROOT / "configs" / "makeup" / "natural.yaml"
 MASK_COLOURS = np.array([[0, 0, 0], [70, 130, 255], [230, 40, 70], [240, 200, 160]], np.uint8)  # bg/eye/lips/skin
 
 
@@ -60,13 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.num < 1 or args.size < 64:
         parser.error("--num must be at least 1 and --size at least 64")
     return args
-
-
-def load_template(path: str):
-    try:
-        return load_config(TEMPLATE_SCHEMA, config_path=path)
-    except ConfigError as err:
-        raise ConfigError(f"makeup template: {err}") from None
 
 
 def existing_pairs(output: Path) -> set[str]:
@@ -180,8 +171,6 @@ def from_import(args, aligner: FaceAligner, parser: FaceParser, done: set[str], 
 
 
 def write_contact_sheet(output: Path, names: list[str]) -> Path:
-    from data.io import read_labels
-
     rows = []
     for name in names:
         source = read_rgb(output / "source" / f"{name}.png")
@@ -195,8 +184,6 @@ def write_contact_sheet(output: Path, names: list[str]) -> Path:
 
 
 def _thumb(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    from PIL import Image
-
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
     return np.asarray(Image.fromarray(image).resize((size, size), resample))
 

@@ -51,17 +51,36 @@ from common import (
     config_to_dict,
     count_parameters,
     format_seconds,
+    load_checkpoint,
     log,
-    make_grid,
     parse_stage_args,
     prepare_run_dir,
-    psnr,
     run_cli,
     save_checkpoint,
     seed_everything,
-    to_uint8,
 )
+from data.face_batches import colour_jitter, random_batch, to_model
+from data.face_crops import align_folders
+from data.io import resize_rgb
 from errors import ConfigError, InputError
+from losses.eyeliner import sobel_gradients
+from models.face_prior import (
+    build_text,
+    build_unet,
+    build_vae,
+    embed_prompts,
+    encode_all,
+    encode_pairs,
+    encoder_fingerprint,
+    export_model,
+    img2img_figures,
+    measure_scaling_factor,
+    random_prompts,
+    vae_figures,
+    write_model_card,
+)
+from models.sd_base import check_local_sd_folder
+from models.tiny_sd import sd15_scheduler
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "prior.yaml"
 STATE_NAME = "prior_state.pt"
@@ -77,9 +96,6 @@ class TimeUp(Exception):
 # Data: aligned crops, resized to the model's resolution, as float tensors in [-1, 1]
 # --------------------------------------------------------------------------------------------
 def load_faces(cfg, run_dir: Path) -> dict:
-    from data.face_crops import align_folders
-    from data.io import resize_rgb
-
     def prepared(folders, stem, limit=None):
         crops = align_folders(folders, run_dir / stem, int(cfg.data.crop_size), float(cfg.data.margin), limit)
         size = int(cfg.data.resolution)
@@ -107,108 +123,6 @@ def load_faces(cfg, run_dir: Path) -> dict:
         "skipped": {**train.skipped, **evaluation.skipped},
         "counts": {"train": len(train.names), "eval": len(evaluation.names)},
     }
-
-
-def to_model(images_uint8: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
-    return images_uint8.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def random_batch(images: torch.Tensor, batch_size: int, generator: torch.Generator, hflip: bool) -> torch.Tensor:
-    index = torch.randint(len(images), (batch_size,), generator=generator)
-    batch = to_model(images[index])
-    if hflip:
-        flip = torch.rand(batch_size, generator=generator) < 0.5
-        batch[flip] = batch[flip].flip(-1)
-    return batch
-
-
-def colour_jitter(batch: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Rotate the hue and scale the saturation of a share of the images (YIQ chroma plane)."""
-    if fraction <= 0:
-        return batch
-    b = batch.shape[0]
-    pick = (torch.rand(b, generator=generator) < fraction).view(b, 1, 1)
-    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.pi
-    saturation = torch.exp((torch.rand(b, generator=generator) * 2 - 1) * math.log(2.0))
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    cos, sin = torch.cos(angle) * saturation, torch.sin(angle) * saturation
-    chroma = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
-    mix = torch.eye(3).repeat(b, 1, 1)
-    mix[:, 1:, 1:] = chroma
-    mix = torch.where(pick, mix, torch.eye(3).expand(b, 3, 3))
-    transform = torch.linalg.inv(to_yiq) @ mix @ to_yiq  # (B, 3, 3) in RGB
-    out = torch.einsum("bij,bjhw->bihw", transform, batch)
-    return out.clamp(-1, 1)
-
-
-# --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
-def build_vae(cfg):
-    from diffusers import AutoencoderKL
-
-    levels = len(cfg.vae.block_out_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(cfg.vae.block_out_channels),
-        layers_per_block=int(cfg.vae.layers_per_block),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=int(cfg.data.resolution),
-        scaling_factor=1.0,  # measured after training (`measure_scaling_factor`)
-    )
-
-
-def build_unet(cfg):
-    from diffusers import UNet2DConditionModel
-
-    factor = 2 ** (len(cfg.vae.block_out_channels) - 1)
-    return UNet2DConditionModel(
-        sample_size=int(cfg.data.resolution) // factor,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=int(cfg.unet.layers_per_block),
-        block_out_channels=tuple(cfg.unet.block_out_channels),
-        down_block_types=tuple(cfg.unet.down_block_types),
-        up_block_types=tuple(cfg.unet.up_block_types),
-        cross_attention_dim=int(cfg.text_encoder.hidden_size),
-        attention_head_dim=int(cfg.unet.attention_head_dim),
-        norm_num_groups=32,
-    )
-
-
-def build_text(cfg, run_dir: Path):
-    from models.tiny_sd import build_text_encoder
-
-    torch.manual_seed(int(cfg.seed))  # the text encoder is random but fixed by the seed
-    tokenizer, text_encoder = build_text_encoder(run_dir / ".tokenizer_files", int(cfg.text_encoder.hidden_size))
-    return tokenizer, text_encoder.requires_grad_(False).eval()
-
-
-@torch.no_grad()
-def embed_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids)[0]
-
-
-def random_prompts(count: int, generator: torch.Generator) -> list[str]:
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    prompts = []
-    for _ in range(count):
-        words = int(torch.randint(1, 8, (1,), generator=generator))
-        lengths = torch.randint(2, 9, (words,), generator=generator).tolist()
-        prompts.append(
-            " ".join(
-                "".join(letters[i] for i in torch.randint(26, (n,), generator=generator).tolist()) for n in lengths
-            )
-        )
-    return prompts
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,32 +265,12 @@ def record_vae_figures(vae, eval_images: torch.Tensor, state: dict, grid_path: P
     log.info("%s %.2f dB on %d unseen faces", label, figures["psnr"], len(eval_images))
 
 
-@torch.no_grad()
-def vae_figures(vae, eval_images: torch.Tensor, rows: int = 6) -> dict:
-    vae.eval()
-    scores, recons = [], []
-    for start in range(0, len(eval_images), 16):
-        batch = to_model(eval_images[start : start + 16])
-        recon = vae.decode(vae.encode(batch).latent_dist.mean).sample.clamp(-1, 1)
-        scores.append(psnr(recon, batch))
-        recons.append(recon)
-    recon = torch.cat(recons)
-    faces = to_model(eval_images[:rows])
-    grid = make_grid([[to_uint8(faces[i]), to_uint8(recon[i])] for i in range(min(rows, len(faces)))], ["face", "VAE"])
-    return {"psnr": round(float(torch.cat(scores).mean()), 3), "grid": grid}
-
-
-def _encoder_fingerprint(vae) -> torch.Tensor:
-    return torch.stack([p.detach().double().sum() for p in vae.encoder.parameters()])
-
-
 def cached_latents(run_dir: Path, kind: str, vae, images: torch.Tensor, encode) -> torch.Tensor | tuple:
     """`encode()` once per run: the result is kept in run_dir/latents_KIND.pt for the encoder that made it
     (encoding 4,500 faces takes ~9 minutes on one core; a resumed slice reads them back instead)."""
-    from common import load_checkpoint
 
     path = run_dir / LATENTS_NAME.format(kind)
-    fingerprint = _encoder_fingerprint(vae)
+    fingerprint = encoder_fingerprint(vae)
     if path.is_file():
         cache = load_checkpoint(path)
         if cache["count"] == len(images) and torch.equal(cache["encoder"], fingerprint):
@@ -387,33 +281,7 @@ def cached_latents(run_dir: Path, kind: str, vae, images: torch.Tensor, encode) 
     return latents
 
 
-@torch.no_grad()
-def _encoded_chunks(vae, images: torch.Tensor, hflip: bool):
-    """(plain, mirrored or None) posterior means, unscaled, for each chunk of 32 faces."""
-    vae.eval()
-    for start in tqdm(range(0, len(images), 32), desc="encoding faces", unit="batch", dynamic_ncols=True):
-        batch = to_model(images[start : start + 32])
-        plain = vae.encode(batch).latent_dist.mean
-        yield plain, (vae.encode(batch.flip(-1)).latent_dist.mean if hflip else None)
-
-
-def encode_all(vae, images: torch.Tensor, hflip: bool) -> torch.Tensor:
-    """Posterior means of every face (and of its mirror image), unscaled: (N or 2N, 4, h, w)."""
-    latents = []
-    for plain, mirrored in _encoded_chunks(vae, images, hflip):
-        latents += [plain] if mirrored is None else [plain, mirrored]
-    return torch.cat(latents)
-
-
-def encode_pairs(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means of every face and of its mirror image, unscaled, index for index: ((N, 4, h, w), same)."""
-    plain, mirrored = zip(*_encoded_chunks(vae, images, hflip=True))
-    return torch.cat(plain), torch.cat(mirrored)
-
-
 def train_unet(cfg, run_dir, state, parts, faces, generator, clock) -> None:
-    from models.tiny_sd import sd15_scheduler
-
     vae, unet = parts["vae"], parts["unet"].train()
     if "latents" not in parts:
         kind = "unet_hflip" if bool(cfg.data.hflip) else "unet"
@@ -467,42 +335,8 @@ def train_unet(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     run_phase("unet", cfg, run_dir, state, parts, generator, step, sample, clock)
 
 
-@torch.no_grad()
-def img2img_figures(cfg, parts: dict, eval_images: torch.Tensor, rows: int = 6) -> dict:
-    """Image-to-image at the DDA's strength (DDIM, SD 1.5's scheduler config), as stage 3 runs the base model."""
-    from models.dda import make_inference_scheduler, visited_timesteps
-    from models.tiny_sd import sd15_scheduler
-
-    vae, unet = parts["vae"].eval(), parts["unet"].eval()
-    text = embed_prompts(parts["tokenizer"], parts["text_encoder"], ["a photo of a face with sks makeup"])
-    generator = torch.Generator().manual_seed(1234)
-    scores, outputs = [], []
-    for start in range(0, len(eval_images), 16):
-        faces = to_model(eval_images[start : start + 16])
-        scheduler = make_inference_scheduler(sd15_scheduler(), "ddim")
-        timesteps = visited_timesteps(scheduler, float(cfg.eval.strength), int(cfg.eval.num_steps))
-        z = vae.encode(faces).latent_dist.mean * vae.config.scaling_factor
-        noise = torch.randn(z.shape, generator=generator)
-        latents = scheduler.add_noise(z, noise, timesteps[:1].repeat(len(z)))
-        for t in timesteps:
-            pred = unet(latents, t, text.expand(len(z), -1, -1)).sample
-            latents = scheduler.step(pred, t, latents).prev_sample
-        out = vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
-        scores.append(psnr(out, faces))
-        outputs.append(out)
-    out = torch.cat(outputs)
-    faces = to_model(eval_images[:rows])
-    grid = make_grid(
-        [[to_uint8(faces[i]), to_uint8(out[i])] for i in range(min(rows, len(faces)))],
-        ["face", f"img2img {cfg.eval.strength}"],
-    )
-    return {"psnr": round(float(torch.cat(scores).mean()), 3), "grid": grid}
-
-
 def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     """The decoder alone on the frozen encoder's latents: the UNet's latent space does not move."""
-    from losses.eyeliner import sobel_gradients
-
     vae = parts["vae"]
     if "decoder_latents" not in parts:
         parts["decoder_latents"] = cached_latents(
@@ -556,14 +390,13 @@ INIT_PHASES = ("decoder", "unet")
 def init_from_folder(folder: str, parts: dict, state: dict, cfg) -> None:
     """Weights of a finished prior folder (diffusers layout); the run then starts at `init_phase`: the decoder
     phase, or a fine-tune of the UNet (e.g. at a new `data.resolution`: the VAE and UNet are convolutional)."""
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from models.sd_base import _check_local_sd_folder
 
     phase = str(cfg.get("init_phase", "decoder"))
     if phase not in INIT_PHASES:
         raise ConfigError(f"config key 'init_phase': {phase!r} is not one of {', '.join(INIT_PHASES)}")
-    _check_local_sd_folder(Path(folder), "init_from")
+    check_local_sd_folder(Path(folder), "init_from")
     if phase == "decoder" and int(cfg.decoder.steps) <= 0:
         raise ConfigError("config key 'init_from' starts at the decoder phase: set decoder.steps > 0")
     if phase == "unet" and int(cfg.unet.steps) <= 0:
@@ -577,6 +410,7 @@ def init_from_folder(folder: str, parts: dict, state: dict, cfg) -> None:
         raise ConfigError(
             f"config key 'init_from': {folder} does not match the vae/unet sizes of this config ({str(err).splitlines()[0]})"
         ) from err
+    # transformers takes seconds to import: loaded when a model is built
     from transformers import CLIPTextModel
 
     text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32)
@@ -585,40 +419,6 @@ def init_from_folder(folder: str, parts: dict, state: dict, cfg) -> None:
     log.info("init_from %s: VAE, UNet and text encoder loaded; starting at the %s phase", folder, phase)
 
 
-@torch.no_grad()
-def measure_scaling_factor(vae, images: torch.Tensor, count: int = 512) -> float:
-    """1 / std of the posterior means, as SD measured its 0.18215: unit-variance latents for the UNet."""
-    vae.eval()
-    means = [vae.encode(to_model(images[s : s + 32])).latent_dist.mean for s in range(0, min(count, len(images)), 32)]
-    return float(1.0 / torch.cat(means).std())
-
-
-# --------------------------------------------------------------------------------------------
-# Export and summary
-# --------------------------------------------------------------------------------------------
-def export_model(final: Path, parts: dict, dtype: torch.dtype = torch.float32) -> Path:
-    """The diffusers folder (weights in `dtype`), written beside its final name and renamed into place."""
-    import copy
-    import shutil
-
-    from models.tiny_sd import save_sd_folder, sd15_scheduler
-
-    if dtype != torch.float32:
-        parts = {k: copy.deepcopy(v).to(dtype) if isinstance(v, torch.nn.Module) else v for k, v in parts.items()}
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_sd_folder(
-        tmp,
-        unet=parts["unet"],
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        scheduler=sd15_scheduler(),
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
 
 
 def write_summary(cfg, run_dir: Path, state: dict, parts: dict, faces: dict, finished: bool) -> dict:
@@ -646,95 +446,6 @@ def write_summary(cfg, run_dir: Path, state: dict, parts: dict, faces: dict, fin
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
-
-
-def write_model_card(folder: Path, summary: dict, argv) -> Path:
-    """README.md of the shipped prior: data and licence, the command, time and machine, measured figures."""
-    import platform
-    import sys
-
-    figures, seconds, params = summary["figures"], summary["seconds"], summary["params"]
-    size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
-    command = "python pretrain_prior.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    cfg = summary["config"]
-    steps = summary.get("steps", {})
-    decoder = (
-        f", then the decoder alone {format_seconds(seconds.get('decoder', 0.0))} ({steps['decoder']} steps, encoder and "
-        "UNet frozen: L1 + Sobel-edge L1)"
-        if steps.get("decoder")
-        else ""
-    )
-    if summary.get("init_from"):
-        base = _card_command(Path(summary["init_from"]))
-        unet = (
-            f"; the UNet fine-tuned on it at {summary['resolution']} px for {steps['unet']} steps in "
-            f"{format_seconds(seconds.get('unet', 0.0))}"
-            if steps.get("unet")
-            else ""
-        )
-        made_of = (
-            f"VAE and UNet from `{summary['init_from']}`"
-            + (f" (made by `{base}`)" if base else "")
-            + unet
-            + decoder[1:]
-            + ",\n"
-        )
-    else:
-        made_of = (
-            f"Training time: VAE {format_seconds(seconds['vae'])}, UNet {format_seconds(seconds['unet'])} "
-            f"({steps.get('unet', summary['step'])} UNet steps){decoder},\n"
-        )
-    factor_note = "measured on its own latents (1 / std)"
-    if summary.get("init_from"):
-        factor_note = f"as measured for `{summary['init_from']}`'s VAE on its own latents (1 / std)"
-    count = torch.get_num_threads()
-    threads = f"{count} thread" + ("s" if count > 1 else "")
-    text = f"""# Face prior: a small SD-1.5-shaped diffusion model of faces
-
-The embedded default base model of the demo and of the tests that need a working diffusion model
-(`python run_demo.py`, `model.pretrained=weights/face_prior`). Real runs use Stable Diffusion 1.5,
-which cannot be downloaded on this project's machines. Same layout and code path as an SD 1.5 folder
-(`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, `model_index.json`); fp16 safetensors,
-{size_mb:.1f} MB in all.
-
-| part | what |
-|---|---|
-| VAE | AutoencoderKL, {params["vae"] / 1e6:.2f}M parameters, 4 latent channels, downsampling 4 ({summary["resolution"]} px -> {summary["resolution"] // 4}x{summary["resolution"] // 4}), scaling factor {summary["scaling_factor"]:.5f} {factor_note} |
-| UNet | UNet2DConditionModel, {params["unet"] / 1e6:.2f}M parameters, cross-attention at the two coarser levels, epsilon prediction on SD 1.5's noise schedule, {cfg["unet"]["focus_fraction"]:.0%} of samples at t <= {cfg["unet"]["focus_max_timestep"]} (img2img at strength 0.3 visits 201, 101, 1) |
-| text encoder | tiny CLIP ({params["text_encoder"] / 1e3:.0f}K parameters), random and frozen: the prompt is a fixed code; the UNet was trained on varied prompts so it ignores them |
-| scheduler | SD 1.5's own config (PNDM, scaled_linear 0.00085-0.012, `set_alpha_to_one: false`, `steps_offset: 1`) |
-
-## Data and licence
-Trained on {summary["faces"]["train"]} faces of `faces_more/` (SCUT-FBP5500 and CelebAMask-HQ images,
-aligned by the project's face aligner as stage 3 aligns; {len(summary["skipped"])} file(s) skipped:
-{", ".join(sorted(summary["skipped"])) or "none"}). Both datasets are released for **non-commercial research
-use only**, and so are these weights. Figures measured on {summary["faces"]["eval"]} faces of `faces/`
-(SCUT-FBP5500), which the prior never saw.
-
-## Measured (unseen faces, {summary["resolution"]} px)
-| figure | value |
-|---|---|
-| VAE reconstruction PSNR | {figures.get("vae_psnr_db", float("nan")):.2f} dB |
-| img2img reconstruction PSNR at strength {cfg["eval"]["strength"]} ({cfg["eval"]["num_steps"]} DDIM steps, the DDA's setting) | {figures.get("img2img_psnr_db", float("nan")):.2f} dB |
-
-## How it was made
-```
-{command}
-```
-{made_of}on {platform.machine()} CPU, {threads} (the project's 2-core machine, no GPU). The resolved
-config is `config.yaml` of the run folder; `configs/prior.yaml` explains each choice.
-"""
-    return atomic_write_text(folder / "README.md", text)
-
-
-def _card_command(folder: Path) -> str | None:
-    """The command line in an earlier model card of `folder`, if it has one."""
-    card = folder / "README.md"
-    if not card.is_file():
-        return None
-    lines = card.read_text().splitlines()
-    found = [line.strip() for line in lines if line.strip().startswith("python pretrain_prior.py")]
-    return found[0] if found else None
 
 
 class Clock:

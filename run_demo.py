@@ -35,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import run_cli
+from common import atomic_save_image, atomic_write_text, run_cli
+from data.io import list_images, read_rgb
+from demo_report import write_report
 from errors import MakeupError
 
 REPO = Path(__file__).resolve().parent
@@ -192,8 +194,6 @@ def build_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
 
 def prepare_inputs(args: argparse.Namespace, out: Path) -> None:
     """The faces stage 1 did not use go to stage 3; a two-face photo is made for full-photo inference."""
-    from data.io import list_images, read_rgb
-
     seed_summary = out / "seed_pairs" / "summary.json"
     used = set()
     if seed_summary.is_file():
@@ -207,8 +207,6 @@ def prepare_inputs(args: argparse.Namespace, out: Path) -> None:
 
     photo_dir = out / "photo"
     if not (photo_dir / "two_faces.png").exists():
-        from common import atomic_save_image
-
         left, right = read_rgb(faces[-1]), read_rgb(faces[-2])
         height = max(left.shape[0], right.shape[0])
         canvas = np.full((height + 80, left.shape[1] + right.shape[1] + 120, 3), 235, np.uint8)
@@ -254,10 +252,8 @@ def main(argv=None) -> None:
         seconds = run_stage(stage, args.force)
         if seconds is not None:
             timings[stage.key] = round(seconds, 1)
-            from common import atomic_write_text
 
             atomic_write_text(timings_path, json.dumps(timings, indent=1))
-    from demo_report import write_report
 
     report = write_report(out)
     print(f"\nDone in {time.perf_counter() - total_start:.0f} s. Report: {report}")

@@ -36,6 +36,7 @@ from common import (
     run_cli,
     setup_logging,
 )
+from data.face_align import FaceAligner, process_full_photo
 from data.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_rgb
 from deploy.makeup import apply_makeup, check_intensity, load_model
 from errors import InputError
@@ -54,15 +55,11 @@ def collect_inputs(path: Path) -> list[Path]:
 
 def face_aligner():
     """One detector for the whole run (data.face_align; imported here: mediapipe is slow to load)."""
-    from data.face_align import FaceAligner
-
     return FaceAligner()
 
 
 def process_photo(photo: np.ndarray, face_fn: Callable[[np.ndarray], np.ndarray], aligner) -> tuple[np.ndarray, int]:
     """Every face of a photo through `face_fn`, pasted back feathered; (photo, number of faces)."""
-    from data.face_align import process_full_photo
-
     return process_full_photo(photo, face_fn, aligner)
 
 

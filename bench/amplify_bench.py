@@ -21,26 +21,31 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import dda_amplify as amp  # noqa: E402
-from common import REPO_ROOT, atomic_write_text, load_config, setup_logging  # noqa: E402
+import dda_amplify as amp
+from common import (
+    REPO_ROOT,
+    atomic_write_text,
+    from_uint8,
+    load_config,
+    setup_logging,
+)
+from data import face_crops
+from data.io import list_images
+from models.dda import DDA
+from models.sd_base import load_base_model
+from models.tiny_sd import build_tiny_sd
 
 SAMPLE_FACES = REPO_ROOT / "data" / "samples" / "faces"
 
 
 def build_dda(pretrained: str | Path, resolution: int, device: torch.device, dtype: torch.dtype):
     """A fresh DDA (LoRA rank 16 as stage 2 trains it) on the given base model."""
-    from models.dda import DDA
-    from models.sd_base import load_base_model
-
     base = load_base_model(str(pretrained), device=device, dtype=dtype)
     dda = DDA(base, prompt="a photo of a face with sks makeup", resolution=resolution).to(device).eval()
     return dda
@@ -75,11 +80,11 @@ def time_call(fn, repeats: int) -> float:
 
 def prepare_faces(faces: Path, count: int, resolution: int) -> tuple[list, float]:
     cfg = bench_cfg(faces, Path("unused"), resolution, 1, count)
-    aligner, parser = amp.build_face_tools(cfg, resolution)
+    aligner, parser = face_crops.build_face_tools(cfg, resolution)
     prepared, seconds = [], []
-    for path in amp.list_images(faces)[:count]:
+    for path in list_images(faces)[:count]:
         start = time.perf_counter()
-        prepared.append(amp.prepare_face(path, aligner, parser, resolution))
+        prepared.append(face_crops.prepare_face(path, aligner, parser, resolution))
         seconds.append(time.perf_counter() - start)
     return prepared, statistics.median(seconds[1:] or seconds)  # the first call loads the MediaPipe graphs
 
@@ -89,7 +94,7 @@ def dda_images_per_second(dda, prepared: list, batch_sizes: list[int], repeats: 
     models = {"bench": dda}
     for batch_size in batch_sizes:
         batch = [prepared[i % len(prepared)] for i in range(batch_size)]
-        source = torch.stack([amp.from_uint8(f.source) for f in batch]).to(device)  # (B, 3, R, R)
+        source = torch.stack([from_uint8(f.source) for f in batch]).to(device)  # (B, 3, R, R)
         mask = torch.stack([torch.from_numpy(f.mask).long() for f in batch]).to(device)  # (B, R, R)
         seeds = list(range(batch_size))
 
@@ -106,9 +111,7 @@ def dda_images_per_second(dda, prepared: list, batch_sizes: list[int], repeats: 
 
 
 def bench_cpu(args, prepared: list) -> dict:
-    from accelerate import Accelerator
-
-    from models.tiny_sd import build_tiny_sd
+    from accelerate import Accelerator  # accelerate: only the amplifier's launch needs it, loaded there
 
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +119,7 @@ def bench_cpu(args, prepared: list) -> dict:
         dda = build_dda(tiny, args.resolution, device, torch.float32)
         cfg = bench_cfg(args.faces_dir, Path(tmp) / "out", args.resolution, max(args.batch_sizes), args.faces)
         per_batch = dda_images_per_second(dda, prepared, args.batch_sizes, args.repeats, device, cfg)
-        aligner, parser = amp.build_face_tools(cfg, args.resolution)
+        aligner, parser = face_crops.build_face_tools(cfg, args.resolution)
         summary = amp.amplify(cfg, Accelerator(cpu=True), {"bench": dda}, aligner, parser, args.resolution)
     return {
         "model": "tiny SD-1.5-shaped (models/tiny_sd.py), fp32",

@@ -39,30 +39,38 @@ Writes everything under `--work` (default runs/dal_eval/TEMPLATE), and the JSON 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+import dda_amplify
+import dda_training
+import make_seed_pairs
+import tinybeauty_training
+from common import atomic_save_image, atomic_write_text, from_uint8, load_checkpoint, load_config, log, to_uint8
+from data.face_align import FaceAligner
+from data.face_crops import SkipInput, build_face_tools, prepare_face
+from data.io import list_images, read_labels, read_rgb, resize_labels, resize_rgb
+from data.makeup_render import load_template
+from data.makeup_truth import load_pairs, render_truth, score
+from dda_amplify import DEFAULT_CONFIG
+from models.dda_io import load_dda
+from models.tinybeauty import load_tinybeauty
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from common import atomic_write_text, from_uint8, log, to_uint8  # noqa: E402
-from data.io import list_images  # noqa: E402
-from data.makeup_truth import load_pairs, render_truth, score  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
 # Steps
 # --------------------------------------------------------------------------------------------
 def file_digest(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
@@ -116,9 +124,6 @@ def split_faces(
 
 def prepare_heldout(faces_dir: Path, out_dir: Path, size: int) -> None:
     """Held-out faces cropped exactly as stage 3 crops them (no DDA): source and mask."""
-    from common import atomic_save_image, load_config
-    from dda_amplify import DEFAULT_CONFIG, SkipInput, build_face_tools, prepare_face
-
     aligner, parser = build_face_tools(load_config(DEFAULT_CONFIG), size)  # stage 3's own face settings
     with aligner, parser:
         for path in list_images(faces_dir):
@@ -150,9 +155,6 @@ def replicate_pairs(pairs_dir: Path, out_dir: Path, count: int) -> None:
 @torch.no_grad()
 def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
     """The trained DDA on its own seed pairs at its training resolution, against their targets."""
-    from data.io import resize_labels, resize_rgb
-    from models.dda_io import load_dda
-
     dda = load_dda(dda_dir / "dda_final.pt")
     size = dda.resolution
     preds, truths, sources, masks = [], [], [], []
@@ -181,7 +183,6 @@ def vae_ceiling(vae, pairs: dict[str, tuple], resolution: int) -> dict:
     truth's latent exactly would still lose what the VAE cannot carry at that size: thin liner, soft
     edges. `vae` is a diffusers AutoencoderKL (any module with its encode/decode interface).
     """
-    import torch.nn.functional as F
 
     preds, truths, sources, masks = [], [], [], []
     dtype = next((p.dtype for p in vae.parameters()), torch.float32)
@@ -209,8 +210,6 @@ def vae_ceiling(vae, pairs: dict[str, tuple], resolution: int) -> dict:
 
 @torch.no_grad()
 def tinybeauty_on(checkpoint: Path, truth: dict[str, tuple]) -> dict:
-    from models.tinybeauty import load_tinybeauty
-
     model = load_tinybeauty(checkpoint)
     preds, truths, sources, masks = [], [], [], []
     items = list(truth.values())
@@ -227,8 +226,6 @@ def tinybeauty_on(checkpoint: Path, truth: dict[str, tuple]) -> dict:
 
 def seed_pairs_at(seed_dir: Path, size: int) -> dict[str, tuple]:
     """The seed pairs resized to the DDA's resolution, as `dda_on_seeds` scores them."""
-    from data.io import resize_labels, resize_rgb
-
     return {
         name: (resize_rgb(source, size), resize_rgb(target, size), np.array(resize_labels(mask, size)))
         for name, (source, target, mask) in load_pairs(seed_dir).items()
@@ -236,14 +233,13 @@ def seed_pairs_at(seed_dir: Path, size: int) -> dict[str, tuple]:
 
 
 def load_vae(pretrained: str):
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import AutoencoderKL
 
     return AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch.float32).eval()
 
 
 def dda_resolution(dda_dir: Path) -> int:
-    from common import load_checkpoint
-
     return int(load_checkpoint(dda_dir / "dda_final.pt")["dda"]["settings"]["resolution"])
 
 
@@ -295,8 +291,6 @@ class Timer:
 
 
 def train_dda(args, seeds: Path, work: Path, timed: Timer) -> Path:
-    import dda_training
-
     dda_dir = work / "dda"
     if not (dda_dir / "dda_final.pt").is_file():
         dda_args = [f"model.pretrained={args.pretrained}", f"data.root={seeds}", f"output_dir={dda_dir}"]
@@ -319,8 +313,6 @@ def score_dda(args, dda_dir: Path, seeds: Path, results: dict) -> int:
 
 
 def amplify(args, dda_dir: Path, faces: Path, out: Path, timed: Timer, name: str, extra: list[str] = ()) -> Path:
-    import dda_amplify
-
     amp_args = [f"checkpoint={dda_dir / 'dda_final.pt'}", f"input_dir={faces}", f"output_dir={out}"]
     amp_args += [f"resolution={args.size}", "wandb.mode=disabled", *extra]
     timed(name, dda_amplify.main, amp_args + _overrides(args.amplify_args))
@@ -341,10 +333,23 @@ def score_folders(made_dir: Path, truth_dir: Path, names: list[str]) -> dict:
     return score(preds, truths, [made[n][0] for n in names], [made[n][2] for n in names])
 
 
+def score_amplified(args, run: tuple, truth_dir: Path, names: list[str], resolution: int, timed, results: dict) -> None:
+    """The amplified targets against the truth; with a calibrated DDA the same faces again with the FGMM weights it
+    learned (what the calibration changed); and the same faces through a perfect latent edit (the VAE ceiling)."""
+    dda_dir, faces, amplified = run
+    results["amplified_vs_truth"] = score_folders(amplified, truth_dir, names)
+    uncalibrated = learned_weights(results)
+    if uncalibrated:
+        out = amplified.with_name(amplified.name + "_learned_fgmm")
+        learned = amplify(args, dda_dir, faces, out, timed, "dda_amplify_learned", uncalibrated)
+        results["amplified_vs_truth_learned_fgmm"] = score_folders(learned, truth_dir, names)
+    truth_pairs = load_pairs(truth_dir, names)
+    vae = load_vae(args.pretrained)
+    results["amplified_vae_ceiling"] = timed("vae_ceiling", vae_ceiling, vae, truth_pairs, resolution)
+
+
 def tinybeauty_arms(args, arms: dict[str, Path], heldout: dict, work: Path, timed: Timer, results: dict) -> None:
     """TinyBeauty trained on each arm's pairs, scored on the held-out pairs; the gains between the arms."""
-    import tinybeauty_training
-
     results["tinybeauty"] = {}
     for arm, root in arms.items():
         out = work / f"tinybeauty_{arm}"
@@ -366,9 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def template_run(args) -> dict:
     """A makeup template: seeds rendered on --seed-faces, truth rendered on every amplified and held-out crop."""
-    import make_seed_pairs
-
-    template = make_seed_pairs.load_template(args.template)
+    template = load_template(args.template)
     work = Path(args.work or REPO / "runs" / "dal_eval" / str(template.name))
     work.mkdir(parents=True, exist_ok=True)
     timed = Timer()
@@ -391,18 +394,7 @@ def template_run(args) -> dict:
     amplified = amplify(args, dda_dir, amplify_faces, work / "amplified", timed, "dda_amplify")
     truth_dir = work / "truth_amplified"
     names = timed("truth", render_truth, amplified, template, truth_dir)
-    results["amplified_vs_truth"] = score_folders(amplified, truth_dir, names)
-    uncalibrated = learned_weights(results)
-    if uncalibrated:  # the same DDA with the FGMM weights it learned: what the calibration changed
-        learned = amplify(
-            args, dda_dir, amplify_faces, work / "amplified_learned_fgmm", timed, "dda_amplify_learned", uncalibrated
-        )
-        results["amplified_vs_truth_learned_fgmm"] = score_folders(learned, truth_dir, names)
-    # The same faces through a perfect latent edit: how much of the goal the base model's VAE allows.
-    truth_pairs = load_pairs(truth_dir, names)
-    results["amplified_vae_ceiling"] = timed(
-        "vae_ceiling", vae_ceiling, load_vae(args.pretrained), truth_pairs, resolution
-    )
+    score_amplified(args, (dda_dir, amplify_faces, amplified), truth_dir, names, resolution, timed, results)
     if args.until == "amplify":
         return finish(results, timed.seconds, args)
 
@@ -460,8 +452,6 @@ def link_photos(pairs_dir: Path, names: list[str], out: Path) -> tuple[Path, Pat
 
 def import_pairs(pairs_dir: Path, names: list[str], work: Path, label: str, size: int, timed: Timer) -> Path:
     """The named pairs through `make_seed_pairs.py --import`: aligned and parsed as a user's own pairs are."""
-    import make_seed_pairs
-
     before, after = link_photos(pairs_dir, names, work / f"photos_{label}")
     out = work / label
     timed(
@@ -475,10 +465,6 @@ def import_pairs(pairs_dir: Path, names: list[str], work: Path, label: str, size
 def style_truth(amplified: Path, pairs_dir: Path, out: Path, size: int) -> list[str]:
     """Each amplified crop's true target: the style's own target photo cut by the very affine stage 3 used
     (manifest `matrix`), beside the amplified source and mask. Returns the names written."""
-    import dda_amplify
-    from common import atomic_save_image, load_config
-    from data.face_align import FaceAligner
-    from data.io import read_labels, read_rgb, resize_rgb
 
     # Stage 3 cuts at max(size, face.parse_size) and resizes to `size`; its manifest matrix is scaled to `size`.
     crop_size = max(size, int(load_config(dda_amplify.DEFAULT_CONFIG).face.parse_size))
@@ -519,17 +505,7 @@ def learned_style(args) -> dict:
     amplified_style = amplify(args, dda_dir, photos, work / "amplified_style", timed, "dda_amplify_style")
     truth_dir = work / "truth_style"
     names = timed("truth", style_truth, amplified_style, pairs_dir, truth_dir, args.size)
-    results["amplified_vs_truth"] = score_folders(amplified_style, truth_dir, names)
-    uncalibrated = learned_weights(results)
-    if uncalibrated:
-        learned = amplify(
-            args, dda_dir, photos, work / "amplified_style_learned_fgmm", timed, "dda_amplify_learned", uncalibrated
-        )
-        results["amplified_vs_truth_learned_fgmm"] = score_folders(learned, truth_dir, names)
-    truth_pairs = load_pairs(truth_dir, names)
-    results["amplified_vae_ceiling"] = timed(
-        "vae_ceiling", vae_ceiling, load_vae(args.pretrained), truth_pairs, resolution
-    )
+    score_amplified(args, (dda_dir, photos, amplified_style), truth_dir, names, resolution, timed, results)
     if args.until == "amplify":
         return finish(results, timed.seconds, args)
 

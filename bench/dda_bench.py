@@ -15,26 +15,28 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import atomic_write_text, count_parameters, load_config
+from losses.dda import DDALoss
+from models.dda import DDA
+from models.dda_optim import build_optimizer, prepare_training, train_step
+from models.sd_base import frozen_base, load_base_model
+from models.tiny_sd import build_tiny_sd
 
-from common import atomic_write_text, count_parameters, load_config  # noqa: E402
-from losses.dda import DDALoss  # noqa: E402
-from models.dda import DDA  # noqa: E402
-from models.dda_optim import build_optimizer, prepare_training, train_step  # noqa: E402
-from models.sd_base import frozen_base, load_base_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sd15_sized_base(tokenizer_source: Path, device, dtype) -> dict:
     """UNet, VAE and text encoder with SD 1.5's shapes and random weights (860M + 84M + 123M parameters)."""
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    # transformers takes seconds to import: loaded when a model is built
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
@@ -122,7 +124,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from models.tiny_sd import build_tiny_sd
 
     overrides = [f"train.resolution={args.resolution}", "wandb.mode=disabled", "model.gradient_checkpointing=false"]
     report = {}

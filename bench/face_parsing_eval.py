@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.face_parsing import FINE_LABELS, FaceParser, from_celebamask  # noqa: E402
-from data.io import ImageReadError, read_labels, read_rgb, resize_labels  # noqa: E402
+from data.face_parsing import FINE_LABELS, FaceParser, from_celebamask
+from data.io import ImageReadError, read_labels, read_rgb, resize_labels
 
 F = FINE_LABELS
 REGIONS = {  # name -> fine labels merged into it

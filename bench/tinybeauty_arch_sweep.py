@@ -37,14 +37,13 @@ from statistics import median
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.tinybeauty_bench import training_throughput
+from common import atomic_write_text, count_parameters, load_checkpoint, load_config, psnr, setup_logging
+from data.paired import EYE, LIPS, SKIN, PairedDataset, scan_pairs
+from deploy.onnx_export import export_onnx, ort_session, quantize_int8
+from models.tinybeauty import count_macs, load_tinybeauty
 
-from bench.tinybeauty_bench import training_throughput  # noqa: E402
-from common import atomic_write_text, count_parameters, load_checkpoint, load_config, psnr, setup_logging  # noqa: E402
-from data.paired import EYE, LIPS, SKIN, PairedDataset, scan_pairs  # noqa: E402
-from deploy.onnx_export import export_onnx, ort_session, quantize_int8  # noqa: E402
-from models.tinybeauty import count_macs, load_tinybeauty  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_CONFIG = REPO / "configs" / "tinybeauty.yaml"
 STAGE = REPO / "tinybeauty_training.py"

@@ -19,7 +19,6 @@ import copy
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,17 +27,17 @@ from statistics import median
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from common import config_to_dict, count_parameters, get_device, load_checkpoint, load_config, setup_logging  # noqa: E402
-from deploy.onnx_export import export_onnx, ort_session, quantize_int8  # noqa: E402
-from losses.tinybeauty import TinyBeautyLoss  # noqa: E402
-from models.tinybeauty import (  # noqa: E402
+from common import config_to_dict, count_parameters, from_uint8, get_device, load_checkpoint, load_config, setup_logging
+from data.io import list_images, read_rgb, resize_rgb
+from deploy.onnx_export import export_onnx, ort_session, quantize_int8
+from losses.tinybeauty import TinyBeautyLoss
+from models.tinybeauty import (
     build_tinybeauty,
-    count_macs,  # noqa: E402
+    count_macs,
     load_tinybeauty,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_CONFIG = REPO / "configs" / "tinybeauty.yaml"
 
@@ -120,9 +119,6 @@ def training_throughput(cfg, model: torch.nn.Module, device: torch.device, steps
 
 
 def calibration_faces(data: Path, size: int, count: int = 32) -> tuple[np.ndarray, str]:
-    from common import from_uint8
-    from data.io import list_images, read_rgb, resize_rgb
-
     folder = data / "source"
     if folder.is_dir() and list_images(folder):
         faces = [from_uint8(np.array(resize_rgb(read_rgb(p), size))) for p in list_images(folder)[:count]]

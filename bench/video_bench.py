@@ -44,23 +44,20 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import atomic_write_text, load_config, log, setup_logging  # noqa: E402
-from data.face_align import FaceAligner, feather_mask  # noqa: E402
-from data.face_parsing import FaceParser  # noqa: E402
-from data.face_tracking import FaceCrop, compose  # noqa: E402
-from data.io import read_rgb  # noqa: E402
-from deploy.crop_model import MakeupModel  # noqa: E402
-from deploy.video import VideoMakeup, process_video  # noqa: E402
-from tinybeauty_video import DEFAULT_CONFIG  # noqa: E402
+from common import atomic_write_text, load_config, log, setup_logging
+from data.face_align import FaceAligner, feather_mask
+from data.face_parsing import FaceParser
+from data.face_tracking import FaceCrop, compose
+from data.io import read_rgb
+from deploy.crop_model import MakeupModel
+from deploy.video import VideoMakeup, process_video
+from tinybeauty_video import DEFAULT_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "data/samples/faces/AF1.jpg"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +29,10 @@ from urllib.request import urlopen
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import atomic_write_text  # noqa: E402
-from deploy.onnx_export import ort_session  # noqa: E402
-from web import page_driver  # noqa: E402
+from common import atomic_write_text
+from data.face_align import FaceAligner
+from deploy.onnx_export import ort_session
+from web import page_driver
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO / "data/samples/faces"
@@ -79,8 +77,6 @@ def python_ort_ms(path: Path, threads: int, runs: int = 30) -> float:
 
 def framing(browser, url: str, model: str) -> dict:
     """The page's crop box and eye angle against data/face_align.py's, per sample face (in box sides)."""
-    from data.face_align import FaceAligner
-
     page = page_driver.open_page(browser, url, f"?model={model}")
     rows = []
     with FaceAligner(size=256) as aligner:

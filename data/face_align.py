@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from data.face_parsing import LEFT_EYE, RIGHT_EYE, FaceParser
+
 
 @dataclass
 class AlignedFace:
@@ -94,14 +96,11 @@ class FaceAligner:
         """The eye line's angle from FaceMesh on a first crop; the detector's eye keypoints are off by up to
         ~10 degrees on upright faces. Falls back to the detector's angle when FaceMesh finds nothing."""
         if self._mesh is None:
-            from data.face_parsing import FaceParser
-
             self._mesh = FaceParser(min_detection_confidence=0.3, max_num_faces=1)
         matrix = self.crop_matrix(centre, side, coarse)
         marks = self._mesh.landmarks(self.crop_with_matrix(matrix, photo))
         if not marks:
             return coarse
-        from data.face_parsing import LEFT_EYE, RIGHT_EYE
 
         back = cv2.invertAffineTransform(matrix)
         eyes = np.array([marks[0][RIGHT_EYE].mean(0), marks[0][LEFT_EYE].mean(0)], np.float64)

@@ -1,4 +1,10 @@
-"""A folder of face photos as one array of aligned crops, cached on disk.
+"""Face crops as the amplifier and the face prior see them: one photo (`prepare_face`), or a folder, cached.
+
+`prepare_face` is stage 3's view of a photo: the largest face, aligned (eye line levelled, margin 0.4),
+parsed into makeup regions at `face.parse_size` and resized to the output resolution; an input that gives
+no pair raises `SkipInput` with a short reason code. `build_face_tools` makes the aligner and parser from
+stage 3's config (configs/dda_amplify.yaml, `face.*`).
+
 
 The face prior (`pretrain_prior.py`) must see faces framed exactly as the DDA sees them in stages 2
 and 3: `FaceAligner` (eye line levelled, margin 0.4) at `crop_size`, the size `dda_amplify.py`
@@ -13,13 +19,19 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
 from tqdm import tqdm
 
-from data.io import ImageReadError, list_images, read_rgb
+from common import atomic_write, atomic_write_text, log
+from data.face_align import FaceAligner
+from data.face_parsing import FaceParser
+from data.io import ImageReadError, list_images, read_rgb, resize_labels, resize_rgb
 
 
 @dataclass
@@ -52,9 +64,6 @@ def align_folders(
     The cache is reused when it was made from the same folders (and file counts), size, margin and
     limit; otherwise it is rebuilt. Both files are written through a temporary name, then renamed.
     """
-    from common import atomic_write, atomic_write_text, log
-    from data.face_align import FaceAligner
-
     folders = [Path(f) for f in folders]
     for folder in folders:
         if not folder.is_dir():
@@ -92,3 +101,70 @@ def align_folders(
     atomic_write(array_path, lambda tmp: np.save(tmp, crops))
     atomic_write_text(meta_path, json.dumps({"key": key, "names": names, "skipped": skipped}, indent=0))
     return FaceCrops(crops=crops, names=names, skipped=skipped)
+
+
+class SkipInput(Exception):
+    """An input that gives no pair. `reason` is a short code for the summary, `detail` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class PreparedFace:
+    source: np.ndarray  # (R, R, 3) uint8, the aligned crop
+    mask: np.ndarray  # (R, R) uint8 makeup labels
+    box: list[float]
+    matrix: list[list[float]]  # (2, 3) photo -> output crop affine, to paste the makeup back into the photo
+    seconds: float
+
+
+def read_photo(path: Path) -> np.ndarray:
+    try:
+        return read_rgb(path)
+    except ImageReadError as err:
+        try:
+            with Image.open(path):  # header only: does it even claim to be an image?
+                reason = "corrupt"
+        except Exception:
+            reason = "not_an_image"
+        raise SkipInput(reason, str(err)) from None
+
+
+def _box_area(box) -> float:
+    x0, y0, x1, y1 = (float(v) for v in list(box)[:4])
+    return abs(x1 - x0) * abs(y1 - y0)
+
+
+def prepare_face(path: Path, aligner, parser, resolution: int) -> PreparedFace:
+    """The largest face of the photo, aligned at `resolution`, with its makeup-region labels."""
+    start = time.perf_counter()
+    photo = read_photo(path)
+    faces = aligner.detect(photo)
+    if not faces:
+        raise SkipInput("no_face", f"{path}: no face found")
+    face = max(faces, key=lambda f: _box_area(f.box))
+    crop = np.ascontiguousarray(face.crop)  # (S, S, 3) at the aligner's size (>= resolution)
+    parse = parser.parse(crop)
+    if parse is None:
+        raise SkipInput("no_face_parse", f"{path}: the face parser found no face in the aligned crop")
+    mask = np.array(resize_labels(np.ascontiguousarray(parse.makeup, np.uint8), resolution))
+    scale = resolution / crop.shape[0]
+    crop = np.array(resize_rgb(crop, resolution))  # writable, own memory
+    if not (mask > 0).any():
+        raise SkipInput("no_makeup_region", f"{path}: no eye, lip or skin region in the aligned crop")
+    return PreparedFace(
+        source=crop,
+        mask=mask,
+        box=[round(float(v), 2) for v in list(face.box)[:4]],
+        # photo -> crop at the output resolution (the aligner's crop was `scale` times larger)
+        matrix=(np.asarray(face.matrix, np.float64) * scale).round(6).tolist(),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def build_face_tools(cfg: DictConfig, resolution: int):
+    size = max(resolution, int(cfg.face.parse_size))
+    aligner = FaceAligner(size=size, margin=float(cfg.face.margin), max_faces=int(cfg.face.max_faces))
+    return aligner, FaceParser()

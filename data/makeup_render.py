@@ -20,6 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from common import REPO_ROOT, load_config
 from data.face_parsing import (
     FACE_OVAL,
     FINE_LABELS,
@@ -32,6 +33,7 @@ from data.face_parsing import (
     fill_polygon,
     smooth_closed,
 )
+from errors import ConfigError
 
 # Upper lid (lash line), inner corner -> outer corner.
 RIGHT_LASH_LINE = [133, 173, 157, 158, 159, 160, 161, 246, 33]
@@ -200,3 +202,13 @@ def template_regions(template) -> list[int]:
     if float(template["blush"]["opacity"]) > 0 or float(template["skin_smoothing"]) > 0:
         regions.add(MAKEUP_SKIN)
     return sorted(regions)
+
+
+TEMPLATE_SCHEMA = REPO_ROOT / "configs" / "makeup" / "natural.yaml"
+
+
+def load_template(path: str):
+    try:
+        return load_config(TEMPLATE_SCHEMA, config_path=path)
+    except ConfigError as err:
+        raise ConfigError(f"makeup template: {err}") from None

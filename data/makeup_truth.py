@@ -26,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common import atomic_save_image, atomic_write_text, log
+from data.face_parsing import FaceParser
 from data.io import list_images, read_labels, read_rgb
+from data.makeup_render import load_template, render_makeup
 
 EYES, LIPS = 1, 2
 
@@ -78,9 +81,6 @@ def render_truth(pairs_dir: str | Path, template, out_dir: str | Path) -> list[s
     A crop on which the face parser finds no face is left out (logged). Files are written atomically and
     existing truth pairs are kept, so a rerun only renders what is missing.
     """
-    from common import atomic_save_image, log
-    from data.face_parsing import FaceParser
-    from data.makeup_render import render_makeup
 
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
     names = []
@@ -132,8 +132,6 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3:
         raise SystemExit("usage: python -m data.makeup_truth PAIRS_DIR TEMPLATE_YAML OUT_DIR")
-    from common import atomic_write_text
-    from make_seed_pairs import load_template
 
     pairs_dir, template_path, out_dir = argv
     if not (Path(pairs_dir) / "source").is_dir():

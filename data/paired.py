@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common import atomic_write_text
 from data.io import ImageReadError, list_images, read_labels, read_rgb, resize_labels, resize_rgb
 from errors import InputError
 
@@ -116,8 +118,6 @@ def split_names(names: list[str], val_fraction: float, seed: int) -> tuple[list[
 
 
 def write_split(path: str | os.PathLike, train: list[str], val: list[str], seed: int) -> None:
-    from common import atomic_write_text
-
     atomic_write_text(path, json.dumps({"seed": seed, "train": train, "val": val}, indent=1))
 
 
@@ -147,7 +147,6 @@ class JointAffine:
         """A random (2, 3) matrix about the image centre, drawn from torch's generator (seeded runs repeat)."""
         u = (torch.rand(4) * 2 - 1).tolist()  # four draws in [-1, 1]
         angle, zoom = u[0] * self.rotate_deg, 1.0 + u[1] * self.scale
-        import cv2
 
         matrix = cv2.getRotationMatrix2D((size / 2 - 0.5, size / 2 - 0.5), angle, zoom)
         matrix[:, 2] += np.array(u[2:]) * self.shift * size
@@ -156,7 +155,6 @@ class JointAffine:
     def __call__(self, source: np.ndarray, target: np.ndarray, mask: np.ndarray):
         if not (self.rotate_deg or self.scale or self.shift) or torch.rand(()) >= self.probability:
             return source, target, mask
-        import cv2
 
         size = source.shape[0]
         matrix = self.matrix(size)

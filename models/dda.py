@@ -69,6 +69,7 @@ def add_lora(
     """LoRA through peft as diffusers' LoRA examples add it; `target_modules` are module-name suffixes
     (default: the attention projections; `lora.target_modules` in configs/dda.yaml adds the convolutions).
     `dropout`: peft's lora_dropout on the LoRA branch's input, active in train mode only."""
+    # peft imports transformers (seconds): loaded when the LoRA is used
     from peft import LoraConfig
 
     unet.add_adapter(
@@ -83,6 +84,7 @@ def add_lora(
 
 
 def make_inference_scheduler(noise_scheduler, name: str):
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
 
     # clip_sample off: SD 1.5's scheduler folder (PNDM) has no clip_sample key, so DDIM would default to
@@ -366,6 +368,7 @@ class DDA(nn.Module):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Image-to-image denoising of source latents; returns clean latents."""
+        # diffusers takes seconds to import: loaded when a model is built
         from diffusers.utils.torch_utils import randn_tensor
 
         sched = make_inference_scheduler(self.noise_scheduler, scheduler)
@@ -520,6 +523,7 @@ class DDA(nn.Module):
 
     # ---- saving and loading --------------------------------------------------------------------
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        # peft imports transformers (seconds): loaded when the LoRA is used
         from peft.utils import get_peft_model_state_dict
 
         return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.unet).items()}
@@ -557,6 +561,7 @@ class DDA(nn.Module):
         return {k: v.detach().cpu().clone() for k, v in self.region_conditioning.state_dict().items()}
 
     def load_state(self, state: dict) -> None:
+        # peft imports transformers (seconds): loaded when the LoRA is used
         from peft.utils import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(self.unet, state["lora"])

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from common import load_checkpoint
 from errors import CheckpointError, InputError
@@ -36,7 +37,10 @@ def save_lora(dda: DDA, folder: str | os.PathLike) -> Path:
     The adapter metadata (rank, lora_alpha, targets) travels inside the safetensors file, so
     `pipe.load_lora_weights(folder)` rebuilds the same scale even when lora_alpha != rank.
     """
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import StableDiffusionPipeline
+
+    # peft imports transformers (seconds): loaded when the LoRA is used
     from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
@@ -51,8 +55,6 @@ def save_lora(dda: DDA, folder: str | os.PathLike) -> Path:
         )
         (tmp / DDA_MODULES_NAME).write_text(json.dumps(dda.settings(), indent=1))
         if dda.region_conditioning is not None:
-            from safetensors.torch import save_file
-
             save_file(dda.region_conditioning_state(), str(tmp / REGION_WEIGHTS_NAME))
             os.replace(tmp / REGION_WEIGHTS_NAME, folder / REGION_WEIGHTS_NAME)
         os.replace(tmp / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
@@ -119,7 +121,10 @@ def load_dda(
 
 
 def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import StableDiffusionPipeline
+
+    # peft imports transformers (seconds): loaded when the LoRA is used
     from peft.utils import get_peft_model_state_dict
 
     modules_file = folder / DDA_MODULES_NAME
@@ -151,8 +156,6 @@ def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
     dda = _dda_from_settings(settings, base)
     state = {"lora": lora, "rdm_alpha": torch.tensor(float(settings["rdm_alpha"])), "fgmm": dda.fgmm.state_dict()}
     if dda.region_conditioning is not None:
-        from safetensors.torch import load_file
-
         weights = folder / REGION_WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(

@@ -51,8 +51,9 @@ def train_step(dda: DDA, batch: dict, loss_fn, optimizer, scaler, grad_clip: flo
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
     scaler.unscale_(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if grad_clip > 0:  # 0 turns clipping off, as in stage 4
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(optimizer)
     scaler.update()
     dda.clamp_scalars()  # alpha in [0, 1], region weights in [0, 2] (models/dda.py)

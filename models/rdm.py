@@ -66,6 +66,7 @@ class _LoraOff:
         self.unet = unet
         self.was_enabled = False
         if getattr(unet, "_hf_peft_config_loaded", False):
+            # peft imports transformers (seconds): loaded when the LoRA is used
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]

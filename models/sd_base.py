@@ -22,7 +22,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
 
 
-def _check_local_sd_folder(folder: Path, key: str) -> None:
+def check_local_sd_folder(folder: Path, key: str) -> None:
     missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / sub).is_dir()]
     if missing:
         raise ModelError(
@@ -47,7 +47,7 @@ def load_base_model(
     if local.exists():
         if not local.is_dir():
             raise ModelError(f"config key '{key}': {local} is a file, not a diffusers model folder")
-        _check_local_sd_folder(local, key)
+        check_local_sd_folder(local, key)
         source = str(local)
     elif _looks_like_path(name):
         raise ModelError(
@@ -100,7 +100,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def _from_pretrained_parts(source: str, dtype: torch.dtype, local_files_only: bool):
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    # transformers takes seconds to import: loaded when a model is built
     from transformers import CLIPTextModel, CLIPTokenizer
 
     common = {"local_files_only": local_files_only}

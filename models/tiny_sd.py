@@ -65,6 +65,7 @@ def build_text_encoder(work_dir: Path, hidden_size: int = 32):
 
     `work_dir` holds the vocabulary files while the tokenizer is built; it is removed afterwards.
     """
+    # transformers takes seconds to import: loaded when a model is built
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab_file, merges_file = write_byte_level_vocab(work_dir)
@@ -92,6 +93,7 @@ def build_text_encoder(work_dir: Path, hidden_size: int = 32):
 
 def tiny_scheduler():
     """The tiny model's training scheduler: SD 1.5's betas (scaled_linear 0.00085 .. 0.012, 1000 steps, epsilon)."""
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -111,6 +113,7 @@ def sd15_scheduler():
     DDIM built from this config ends one step short of alpha 1 (the last step does not land on x0
     exactly); `DDPMScheduler.from_pretrained` of the folder reads the same betas.
     """
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import PNDMScheduler
 
     return PNDMScheduler(
@@ -127,6 +130,7 @@ def sd15_scheduler():
 
 def save_sd_folder(out_dir, *, unet, vae, text_encoder, tokenizer, scheduler=None) -> Path:
     """Write the parts as a StableDiffusionPipeline folder (diffusers layout, safetensors)."""
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -145,6 +149,7 @@ def save_sd_folder(out_dir, *, unet, vae, text_encoder, tokenizer, scheduler=Non
 
 def build_tiny_sd(out_dir: str | os.PathLike, seed: int = TINY_SD_SEED) -> Path:
     """Write the tiny SD-shaped model to `out_dir` (diffusers layout) and return the folder."""
+    # diffusers takes seconds to import: loaded when a model is built
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     out_dir = Path(out_dir)

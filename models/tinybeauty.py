@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import load_checkpoint
+from errors import CheckpointError, ConfigError
+
 BLOCKS = ("separable", "plain")
 UPSAMPLES = ("separable", "transposed", "bilinear")
 NORMS = ("batch", "none")
@@ -233,8 +236,6 @@ def model_size_kb(num_params: int) -> dict[str, float]:
 
 def build_tinybeauty(model_kwargs: dict, arch: str = "tinybeauty") -> nn.Module:
     """A fresh model from the `model:` section of configs/tinybeauty.yaml (a bad value raises ConfigError)."""
-    from errors import ConfigError
-
     try:
         return MODELS[arch](**model_kwargs)
     except (ValueError, TypeError) as err:
@@ -244,13 +245,10 @@ def build_tinybeauty(model_kwargs: dict, arch: str = "tinybeauty") -> nn.Module:
 def load_tinybeauty(checkpoint, device: str | torch.device = "cpu") -> nn.Module:
     """A TinyBeauty in eval mode from any tinybeauty_*.pt: a path (read without pickle, through
     `common.load_checkpoint`) or an already loaded checkpoint dict. Inference, export and benches use this."""
-    from errors import CheckpointError
 
     if isinstance(checkpoint, dict):
         state, name = checkpoint, "checkpoint"
     else:
-        from common import load_checkpoint
-
         state, name = load_checkpoint(checkpoint), str(checkpoint)
     if state.get("arch") not in MODELS or "model_kwargs" not in state or "model" not in state:
         raise CheckpointError(

@@ -15,6 +15,12 @@ fi
 # shellcheck disable=SC2086
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 "$VENV/bin/python" -m pip install -q -r requirements.txt
+# This checkout itself, editable (no dependencies: they came above), so bench/, web/ and tests/ import the
+# project's modules without sys.path edits.
+# pyproject.toml lists the modules it maps: install again when it changed.
+if [ ! -f "$VENV/.editable_install" ] || [ pyproject.toml -nt "$VENV/.editable_install" ]; then
+  "$VENV/bin/python" -m pip install -q --no-deps -e . && touch "$VENV/.editable_install"
+fi
 "$VENV/bin/python" -m pip check
 # The web page's npm packages and face detector (web/); where npm is missing it says so and goes on.
 VENV="$VENV" bash scripts/setup_web.sh

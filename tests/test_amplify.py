@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 import dda_amplify as amp
-from common import load_config
+from common import from_uint8, load_config, to_uint8
+from data import amplify_manifest, face_crops
 from data.io import read_labels, read_rgb
 from data.paired import PairedDataset, scan_pairs
 from errors import MakeupError
@@ -189,7 +190,7 @@ def without_seconds(records: list[dict]) -> list[dict]:
 def test_plan_names_seeds_and_batches(tmp_path):
     for name in ("b.png", "a.jpg", "a.png", "c.webp", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
-    jobs = amp.plan_jobs(tmp_path, None, 2, seed=0)
+    jobs = amplify_manifest.plan_jobs(tmp_path, None, 2, seed=0)
     assert [j.name for j in jobs] == ["a_jpg_v00", "a_jpg_v01", "a_png_v00", "a_png_v01"] + [
         "b_v00",
         "b_v01",
@@ -197,14 +198,14 @@ def test_plan_names_seeds_and_batches(tmp_path):
         "c_v01",
     ]
     assert len({j.seed for j in jobs}) == len(jobs)  # every pair its own seed
-    assert [j.seed for j in amp.plan_jobs(tmp_path, None, 2, seed=0)] == [j.seed for j in jobs]
-    assert amp.pair_seed(0, "a.jpg", 0) != amp.pair_seed(1, "a.jpg", 0)
-    assert [j.name for j in amp.plan_jobs(tmp_path, 2, 1, seed=0)] == ["a_jpg", "a_png"]
+    assert [j.seed for j in amplify_manifest.plan_jobs(tmp_path, None, 2, seed=0)] == [j.seed for j in jobs]
+    assert amplify_manifest.pair_seed(0, "a.jpg", 0) != amplify_manifest.pair_seed(1, "a.jpg", 0)
+    assert [j.name for j in amplify_manifest.plan_jobs(tmp_path, 2, 1, seed=0)] == ["a_jpg", "a_png"]
     # The batches are the same whatever the process count: only who runs them changes.
-    one = amp.my_batches(jobs, 3, 0, 1)
-    two = amp.my_batches(jobs, 3, 0, 2) + amp.my_batches(jobs, 3, 1, 2)
+    one = amplify_manifest.my_batches(jobs, 3, 0, 1)
+    two = amplify_manifest.my_batches(jobs, 3, 0, 2) + amplify_manifest.my_batches(jobs, 3, 1, 2)
     as_names = lambda batches: sorted(tuple(j.name for j in b) for b in batches)  # noqa: E731
-    assert as_names(one) == as_names(two) and len(amp.my_batches(jobs, 3, 1, 2)) == 1
+    assert as_names(one) == as_names(two) and len(amplify_manifest.my_batches(jobs, 3, 1, 2)) == 1
 
 
 def test_style_groups_take_each_region_from_its_style(tmp_path):
@@ -231,7 +232,7 @@ def test_fake_run_writes_the_paired_format(inputs, accelerator, tmp_path):
     assert summary["skipped_by_reason"] == {"corrupt": 1, "no_face": 1, "not_an_image": 1}
     assert summary["remaining"] == 0 and summary["planned_pairs"] == len(records)
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert not (out / amp.SHARD_DIR).exists()  # shards merged and removed
+    assert not (out / amplify_manifest.SHARD_DIR).exists()  # shards merged and removed
     assert [r["input"] for r in records] == sorted(r["input"] for r in records)  # plan order
 
     # Stage 4 reads it as it is.
@@ -355,7 +356,7 @@ def test_two_process_split_gives_the_same_set(inputs, accelerator, tmp_path):
     run_fake(inputs, tmp_path / "one", accelerator)
     out = tmp_path / "two"
     run_fake(inputs, out, SplitAccelerator(1, 2))  # rank 1 writes its shard and stops
-    assert (out / amp.SHARD_DIR / "rank001.jsonl").is_file() and not (out / "manifest.jsonl").exists()
+    assert (out / amplify_manifest.SHARD_DIR / "rank001.jsonl").is_file() and not (out / "manifest.jsonl").exists()
     run_fake(inputs, out, SplitAccelerator(0, 2))  # rank 0 does its share, then merges
     assert pair_bytes(out) == pair_bytes(tmp_path / "one")
     assert without_seconds(manifest(out)) == without_seconds(manifest(tmp_path / "one"))
@@ -372,6 +373,7 @@ amp.amplify(cfg, Accelerator(cpu=True), {{"fake.pt": FakeDDA(leak=0.02, delay={d
 """
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
     reference, out = tmp_path / "one", tmp_path / "killed"
     run_fake(inputs, reference, accelerator, "batch_size=2")
@@ -379,7 +381,7 @@ def test_kill_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=one_thread_env()
     )
-    shard = out / amp.SHARD_DIR / "rank000.jsonl"
+    shard = out / amplify_manifest.SHARD_DIR / "rank000.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if shard.is_file() and shard.read_text().count("\n") >= 2:
@@ -410,6 +412,7 @@ accelerator.end_training()  # as main() does: a process group left to exit teard
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_give_the_same_set(inputs, accelerator, tmp_path):
     """Two real processes (gloo on CPU, as `accelerate launch` makes on GPUs): one merged manifest, same pairs."""
     run_fake(inputs, tmp_path / "one", accelerator, "batch_size=2")
@@ -424,7 +427,7 @@ def test_torchrun_two_processes_give_the_same_set(inputs, accelerator, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["made"] == summary["pairs"] == 5
-    assert not (out / amp.SHARD_DIR).exists()
+    assert not (out / amplify_manifest.SHARD_DIR).exists()
     assert pair_bytes(out) == pair_bytes(tmp_path / "one")
     assert without_seconds(manifest(out)) == without_seconds(manifest(tmp_path / "one"))
 
@@ -516,6 +519,7 @@ def real_run(tiny_dda_checkpoint, tmp_path_factory) -> tuple[Path, Path, list[st
     return out, inputs, overrides
 
 
+@pytest.mark.slow
 def test_real_script_makes_pairs_that_keep_the_source_outside_makeup(real_run):
     out, _, _ = real_run
     summary = json.loads((out / "summary.json").read_text())
@@ -533,12 +537,13 @@ def test_real_script_makes_pairs_that_keep_the_source_outside_makeup(real_run):
         assert record["region_weights"] == {"eyes": None, "lips": 0.0, "skin": None}
 
 
+@pytest.mark.slow
 def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, accelerator):
     out, _, overrides = real_run
     cfg = load_config(amp.DEFAULT_CONFIG, overrides)
     models, resolution = amp.build_models(cfg, torch.device("cpu"))
     assert resolution == RES  # the DDA's training resolution, from the checkpoint
-    aligner, parser = amp.build_face_tools(cfg, resolution)
+    aligner, parser = face_crops.build_face_tools(cfg, resolution)
     name = manifest(out)[1]["name"]
     before = pair_bytes(out)
     (out / "target" / f"{name}.png").unlink()
@@ -550,18 +555,17 @@ def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, accelerator):
 
     # The DDA itself, before the stage's paste-back, keeps background and weight-0 lips exactly.
     record = manifest(out)[0]
-    face = amp.prepare_face(Path(cfg.input_dir) / record["input"], aligner, parser, resolution)
-    source = amp.from_uint8(face.source)[None]  # (1, 3, R, R)
+    face = face_crops.prepare_face(Path(cfg.input_dir) / record["input"], aligner, parser, resolution)
+    source = from_uint8(face.source)[None]  # (1, 3, R, R)
     with torch.no_grad():
-        raw = amp.to_uint8(
-            amp.generate(models, cfg, source, torch.from_numpy(face.mask).long()[None], [record["seed"]])
-        )
+        raw = to_uint8(amp.generate(models, cfg, source, torch.from_numpy(face.mask).long()[None], [record["seed"]]))
     keep = (face.mask == 0) | (face.mask == 2)
     assert np.array_equal(raw[0][keep], face.source[keep])
     target = read_rgb(out / "target" / f"{record['name']}.png")
     assert np.abs(raw[0].astype(int) - target).max() <= 1  # and it is what the script wrote
 
 
+@pytest.mark.slow
 def test_real_output_trains_tinybeauty_without_conversion(real_run, tmp_path):
     out, _, _ = real_run
     if not (REPO / "tinybeauty_training.py").is_file():

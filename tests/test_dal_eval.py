@@ -94,3 +94,61 @@ def test_split_leaves_the_seed_faces_out_of_the_unseen_faces(tmp_path):
         split_faces(faces, tmp_path / "big", 6, 5, seed=0, exclude=exclude)
     with pytest.raises(SystemExit, match="was made for the split"):  # the folder made without the exclusion
         split_faces(faces, tmp_path / "plain", 6, 4, seed=0, exclude=exclude)
+
+
+def _style_folder(root, count: int):
+    from PIL import Image
+
+    for kind in ("source", "target"):
+        (root / kind).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full((8, 8, 3), i * 9 + (kind == "target"), np.uint8)).save(
+                root / kind / f"p{i:02d}.png"
+            )
+    return root
+
+
+def test_style_split_is_disjoint_and_recorded(tmp_path):
+    from bench.dal_eval import split_style_pairs
+
+    pairs = _style_folder(tmp_path / "style", 12)
+    split = split_style_pairs(pairs, tmp_path / "work", seeds=3, heldout=4, seed=0)
+    assert [len(split[k]) for k in ("seeds", "heldout", "pool")] == [3, 4, 5]
+    assert sorted(split["seeds"] + split["heldout"] + split["pool"]) == [f"p{i:02d}" for i in range(12)]
+    assert split_style_pairs(pairs, tmp_path / "work", seeds=3, heldout=4, seed=0) == split  # the same again
+    with pytest.raises(SystemExit, match="another split"):
+        split_style_pairs(pairs, tmp_path / "work", seeds=3, heldout=4, seed=1)
+    with pytest.raises(SystemExit, match="12 pairs"):
+        split_style_pairs(pairs, tmp_path / "small", seeds=5, heldout=7, seed=0)
+
+
+def test_style_truth_cuts_the_target_exactly_where_stage_3_cut_the_source(tmp_path):
+    """A style's truth for an amplified face is its own target photo through stage 3's affine: with the plain photo
+    as the 'target', the truth is the amplified source crop pixel for pixel (at an output size below the crop's)."""
+    from bench.dal_eval import style_truth
+    from common import atomic_save_image, load_config
+    from data.face_crops import build_face_tools, prepare_face
+    from dda_amplify import DEFAULT_CONFIG
+    from tests.conftest import SAMPLE_FACES
+
+    photo = sorted(SAMPLE_FACES.glob("*.jpg"))[0]
+    style = tmp_path / "style"
+    for kind in ("source", "target"):
+        (style / kind).mkdir(parents=True)
+        shutil.copy(photo, style / kind / photo.name)
+    amplified, size = tmp_path / "amplified", 128
+    aligner, parser = build_face_tools(load_config(DEFAULT_CONFIG), size)
+    with aligner, parser:
+        face = prepare_face(photo, aligner, parser, size)
+    for kind, image in (("source", face.source), ("target", face.source), ("mask", face.mask)):
+        atomic_save_image(image, amplified / kind / f"{photo.stem}.png")
+    record = {"input": photo.name, "name": photo.stem, "status": "ok", "matrix": face.matrix}
+    (amplified / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    names = style_truth(amplified, style, tmp_path / "truth", size)
+    from data.io import read_rgb
+
+    assert names == [photo.stem]
+    truth = read_rgb(tmp_path / "truth" / "target" / f"{photo.stem}.png").astype(int)
+    difference = np.abs(truth - read_rgb(amplified / "source" / f"{photo.stem}.png"))
+    # the same pixels, up to the manifest's matrix being rounded to 6 decimals
+    assert difference.mean() < 0.1 and np.percentile(difference, 99.9) <= 2, (difference.mean(), difference.max())

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import REPO, SAMPLE_FACES
 
+pytestmark = pytest.mark.slow  # trains a model, runs the stages or drives a browser
+
 FACE_PRIOR = REPO / "weights" / "face_prior"
 TEMPLATE = REPO / "configs" / "makeup" / "classic_red_lip.yaml"
 # The demo's DDA setting (configs/demo/dda.yaml), shortened: 5 pairs x EPOCHS steps at 128 px.
@@ -53,8 +55,8 @@ def trained(tmp_path_factory):
 
 
 def test_dda_moves_unseen_lips_towards_the_template(trained):
+    from data.makeup_render import load_template
     from data.makeup_truth import score_against_truth
-    from make_seed_pairs import load_template
 
     work, amplified = trained
     scores = score_against_truth(amplified, load_template(str(TEMPLATE)), work / "truth")

@@ -209,6 +209,7 @@ def test_lora_reloads_bit_identically_into_fresh_pipeline(tiny_sd, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_train_epoch_lowers_the_loss_on_five_pairs_at_the_config_lr(pairs5):
     """dda_training's own train_epoch, at the learning rates of the project's config for the shipped prior
     (configs/demo/dda.yaml: LoRA 1e-3, scalars 1e-3), for 3 epochs of the five pairs (15 steps). Measured:
@@ -257,6 +258,7 @@ def test_real_train_epoch_lowers_the_loss_on_five_pairs_at_the_config_lr(pairs5)
     assert after["l1"] + after["eyeliner"] < before["l1"] + before["eyeliner"], (before, after)
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_output(tiny_sd, pairs5, tmp_path):
     out = tmp_path / "dda_model"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -298,6 +300,7 @@ def test_smoke_run_writes_every_output(tiny_sd, pairs5, tmp_path):
     assert float(dda.rdm.alpha.detach()) == pytest.approx(summary["rdm_alpha"])
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_sd, pairs5, tmp_path):
     import dda_training
     from common import load_checkpoint

@@ -145,6 +145,7 @@ def test_other_size_is_made_up_at_training_resolution(tiny_sd):
     assert torch.corrcoef(torch.stack([change_small[inside], change_big[inside]]))[0, 1] > 0.8
 
 
+@pytest.mark.slow
 def test_resume_restores_checkpoint_config_and_conv_lora(tiny_sd, pairs5, tmp_path):
     """--resume without --config continues with the checkpoint's config; keys given again still apply."""
     import dda_training

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import REPO, SAMPLE_FACES
 
+pytestmark = pytest.mark.slow  # trains a model, runs the stages or drives a browser
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:

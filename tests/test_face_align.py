@@ -91,6 +91,7 @@ def test_feather_mask_edges():
     assert mask[32, 32] == 1.0 and mask[0, 32] < 0.05 and mask[32, 63] < 0.05
 
 
+@pytest.mark.slow
 def test_inference_full_photo_cli(tmp_path, two_faces):
     """tinybeauty_inference.py --full-photo on a two-face photo and a photo with no face."""
     if not (REPO / "tinybeauty_inference.py").is_file():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -184,8 +182,10 @@ def test_full_photo_goes_through_face_align(trained, tmp_path, monkeypatch):
         def close(self):
             FakeAligner.closed = True
 
-    fake = types.SimpleNamespace(process_full_photo=process_full_photo, FaceAligner=FakeAligner)
-    monkeypatch.setitem(sys.modules, "data.face_align", fake)
+    import tinybeauty_inference
+
+    monkeypatch.setattr(tinybeauty_inference, "process_full_photo", process_full_photo)
+    monkeypatch.setattr(tinybeauty_inference, "FaceAligner", FakeAligner)
     photos = tmp_path / "photos"
     photos.mkdir()
     with_face = np.full((80, 120, 3), 128, np.uint8)

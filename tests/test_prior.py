@@ -11,6 +11,8 @@ from PIL import Image
 from errors import MakeupError
 from tests.conftest import SAMPLE_FACES
 
+pytestmark = pytest.mark.slow  # trains a model, runs the stages or drives a browser
+
 SMALL = [
     "data.resolution=32",
     "data.eval_count=2",

@@ -56,6 +56,7 @@ def test_zero_initialised_conditioning_is_the_unconditioned_dda_bit_for_bit(tiny
     assert any(p is groups["region_conditioning"][0] for p in lora_group)
 
 
+@pytest.mark.slow
 def test_after_training_the_channels_are_used_and_the_base_run_ignores_them(tiny_sd, pairs5):
     """A few steps on the five pairs, then the same generation with the region weights zeroed: it changes."""
     from common import load_config, seed_everything
@@ -110,6 +111,7 @@ def test_widened_conv_in_gives_the_same_features(tiny_sd):
     assert torch.allclose(hooked, wide(torch.cat([z, maps], 1)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_conditioned_dda_saves_and_loads_both_ways_and_old_checkpoints_load(tiny_sd, tmp_path):
     from common import load_checkpoint, save_checkpoint
     from models.dda_io import REGION_WEIGHTS_NAME, load_dda, save_lora
@@ -186,6 +188,7 @@ def test_region_gains_recover_two_from_a_change_half_the_target():
     assert fit_region_gains(torch.zeros(2, 3, RES, RES), target_change, mask)["lips"] is None
 
 
+@pytest.mark.slow
 def test_calibration_on_a_stand_in_that_makes_half_the_change(tiny_sd, pairs5, tmp_path, monkeypatch):
     """calibrate=2 on the real stage script, with every fold's DDA replaced by a stand-in whose change is
     exactly half the target's: the stored FGMM weights become the learned ones x 2, and the folds ran."""
@@ -232,6 +235,7 @@ def test_calibrate_needs_more_pairs_than_folds(tiny_sd, tmp_path):
         dda_training.main(cli_config(tiny_sd, root, tmp_path / "o", "train.epochs=1", "calibrate=3"))
 
 
+@pytest.mark.slow
 def test_calibration_folds_really_train_and_resume(tiny_sd, pairs5, tmp_path):
     """calibrate=1 for real (tiny model, 1 epoch): the fold trains on the four other pairs in its own folder;
     run again, the finished fold is loaded, not trained again."""

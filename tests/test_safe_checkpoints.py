@@ -95,6 +95,7 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(reader, tmp_path, tiny_s
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_says_so_in_one_line_with_exit_code_2(tmp_path):
     marker = tmp_path / "marker"
     evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
@@ -110,6 +111,7 @@ def test_the_command_line_says_so_in_one_line_with_exit_code_2(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_every_checkpoint_a_smoke_run_writes_loads_without_pickle(tb_run, tiny_sd, pairs5, tmp_path):
     import dda_training
 
@@ -146,6 +148,7 @@ def _old_format(state: dict) -> dict:
     return old
 
 
+@pytest.mark.slow
 def test_conversion_round_trips_and_resumes_exactly(tb_run, tmp_path):
     from common import load_checkpoint, set_rng_state
     from convert_checkpoint import main as convert

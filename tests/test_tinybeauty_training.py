@@ -37,6 +37,7 @@ def smoke_run(pairs_with_bad_data, tmp_path_factory):
     return out, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_output(smoke_run):
     out, _ = smoke_run
     for name in ["config.yaml", "train.log", "split.json", "metrics.csv", "metrics.jsonl", "summary.json",
@@ -50,6 +51,7 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert len(split["train"]) == 9 and len(split["val"]) == 1 and not set(split["train"]) & set(split["val"])
 
 
+@pytest.mark.slow
 def test_smoke_run_summary_and_checkpoints(smoke_run):
     out, _ = smoke_run
     summary = json.loads((out / "summary.json").read_text())
@@ -72,6 +74,7 @@ def test_bad_pairs_are_named_counted_and_skipped(smoke_run):
     assert summary["skipped_pairs"] == 2 and summary["pairs_train"] + summary["pairs_val"] == 10
 
 
+@pytest.mark.slow
 def test_resume_gives_exactly_the_uninterrupted_result(tmp_path):
     from tinybeauty_training import main
 
@@ -139,6 +142,7 @@ def test_every_accepted_size_runs_forward(model):
     assert accepted == list(range(factor, 72, factor))
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     cmd = [sys.executable, "tinybeauty_training.py", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path}/o",
            "wandb.mode=disabled"]  # fmt: skip
@@ -157,6 +161,7 @@ def test_overrides_reach_the_run(smoke_run):
 @pytest.mark.parametrize(
     "options", [["train.amp=true"], ["train.scheduler=plateau", "train.plateau_patience=0"], ["model.norm=batch"]]
 )
+@pytest.mark.slow
 def test_options_train(options, tmp_path):
     """Mixed precision (bf16 autocast on CPU), the seed's ReduceLROnPlateau, BatchNorm: each runs 2 epochs."""
     from tinybeauty_training import main

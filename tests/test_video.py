@@ -70,6 +70,7 @@ def read_video(path) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
+@pytest.mark.slow
 def test_frame_count_size_and_fps_are_kept_and_only_the_face_changes(stand_in_onnx, tmp_path):
     frames, poses, photo = face_clip(PHOTO, 480, 360, 12, 0)
     source = write_clip(frames, tmp_path / "in.avi", fps=29.97, codec="FFV1")  # lossless: exact comparisons
@@ -102,6 +103,7 @@ def test_a_clip_without_a_face_comes_out_unchanged(stand_in_onnx, tmp_path):
     assert len(written) == 8 and all(np.array_equal(a, b) for a, b in zip(frames, written))
 
 
+@pytest.mark.slow
 def test_the_largest_face_by_default_and_each_face_with_max_faces(stand_in_onnx, tmp_path):
     from bench.video_bench import background
     from data.io import read_rgb
@@ -120,6 +122,7 @@ def test_the_largest_face_by_default_and_each_face_with_max_faces(stand_in_onnx,
         assert [change[:, :480].any(), change[:, 480:].any()] == changed_halves
 
 
+@pytest.mark.slow
 def test_smoothing_steadies_the_makeup_on_a_slowly_moving_face(stand_in_onnx, slow_camera_clip):
     """Camera noise and the mp4v codec make the landmarks jitter; the One-Euro filter must take most of that
     out of the crop, and the makeup's change must vary less from frame to frame."""
@@ -137,6 +140,7 @@ def test_smoothing_steadies_the_makeup_on_a_slowly_moving_face(stand_in_onnx, sl
     assert change_on < change_off, figures
 
 
+@pytest.mark.slow
 def test_the_residual_filter_steadies_the_makeup_further(stand_in_onnx, slow_camera_clip):
     """The stability figure (uint8 frames, and the pasted residual in float) with the residual filter on top of the
     transform smoothing is lower than with the transform smoothing alone; alone, lower than no smoothing."""
@@ -160,6 +164,7 @@ def test_the_residual_filter_steadies_the_makeup_further(stand_in_onnx, slow_cam
         assert figures["residual_only"][uint8_or_float] < figures["unsmoothed"][uint8_or_float], figures
 
 
+@pytest.mark.slow
 def test_the_residual_filter_starts_afresh_on_a_new_face(stand_in_onnx):
     """A cut that moves the face far away loses its track; the face found again is a new track, and its first
     frame gets the model's raw residual, exactly as without the filter. Until then the filter is at work."""
@@ -217,6 +222,7 @@ def test_a_bad_residual_filter_setting_names_its_key(stand_in_onnx, tmp_path, ca
     assert not list(tmp_path.glob("*out*"))
 
 
+@pytest.mark.slow
 def test_a_pt_checkpoint_is_exported_to_onnx_on_the_fly(stand_in_model, stand_in_onnx, tmp_path):
     """--model tinybeauty_*.pt runs the checkpoint through ONNX Runtime (exported on the fly): the same video as
     its own ONNX export gives."""

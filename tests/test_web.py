@@ -20,6 +20,8 @@ import torch
 from tests.conftest import SAMPLE_FACES
 from web import page_driver
 
+pytestmark = pytest.mark.slow  # trains a model, runs the stages or drives a browser
+
 FACE = SAMPLE_FACES / "AF1.jpg"
 MAX_DIFF = 2  # grey levels: 2/255, onnxruntime-web's WASM kernels against ORT's CPU ones
 

@@ -18,7 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from common import from_uint8
+from data.io import read_rgb, resize_rgb
+from deploy.onnx_export import export_onnx, quantize_int8
+from models.tinybeauty import TinyBeauty
 
 WEB = Path(__file__).resolve().parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -62,7 +68,7 @@ def serve(models: list[Path], log: Path) -> Iterator[str]:
 @contextmanager
 def chromium(fake_webcam: Path | None = None):
     """Headless Chromium; `fake_webcam` (a .y4m video) stands in for the camera, permission granted."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # playwright: only the browser test and bench need it
 
     args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses to run as root with its sandbox
     if fake_webcam is not None:
@@ -125,12 +131,6 @@ def read_canvas(page, canvas_id: str) -> np.ndarray:
 def stand_in_model(folder: Path, seed: int = 0) -> Path:
     """An untrained TinyBeauty exported as tinybeauty_export.py does (fp32, then static int8 calibrated
     on the sample faces), with a random non-zero output head so its change is visible; returns the int8 path."""
-    import torch
-
-    from common import from_uint8
-    from data.io import read_rgb, resize_rgb
-    from deploy.onnx_export import export_onnx, quantize_int8
-    from models.tinybeauty import TinyBeauty
 
     torch.manual_seed(seed)
     model = TinyBeauty().eval()  # the default config's architecture; its head starts at zero

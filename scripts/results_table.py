@@ -1,0 +1,98 @@
+"""The README's results table, generated from the results JSONs in bench/results/.
+
+    python scripts/results_table.py           # rewrite the block between the markers in README.md
+    python scripts/results_table.py --check   # exit 1 and print the difference when README.md is stale
+
+A row is one line of ROWS: the label, the JSON under bench/results/, the key path into it ("/" between
+keys, a number indexes a list), the format of the value and the goal as written in the issue. A new
+experiment's headline figure is one more line there; the figures themselves stay in the JSON.
+Plain Python (stdlib only): no project imports, so it runs before the environment exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+RESULTS = REPO / "bench" / "results"
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+# (label, JSON in bench/results/, key path, format, goal)
+# fmt: off
+ROWS = [
+    ("TinyBeauty on `pairs_style1`: validation PSNR, 50 epochs", "tinybeauty_pairs_style1_summary.json", "best_val_psnr", "{:.2f} dB", ">= 37.5 dB"),
+    ("TinyBeauty int8 ONNX: file size", "tinybeauty_pairs_style1_export.json", "int8/size_kb", "{:.1f} KB", "< 100 KB"),
+    ("TinyBeauty int8 ONNX: PSNR lost against PyTorch", "tinybeauty_pairs_style1_export.json", "int8/drop_db_vs_pytorch", "{:.3f} dB", "<= 0.1 dB"),
+    ("TinyBeauty, ONNX Runtime fp32, batch 1, 256x256 (previous default's layers)", "tinybeauty_bench.json", "ort_fp32/batch1_ms", "{:.2f} ms", "10 ms"),
+    ("DDA on the shipped prior, `classic_red_lip`: makeup R^2 on its 5 seeds", "dal_eval_classic_red_lip_clean_split.json", "dda_on_seeds/r2", "{:.2f}", ">= 0.9"),
+    ("the same DDA: makeup R^2 of 295 amplified unseen faces", "dal_eval_classic_red_lip_clean_split.json", "amplified_vs_truth/r2", "{:.2f}", ">= 0.7"),
+    ("TinyBeauty on those amplified pairs, gain over the 5 seeds alone", "dal_eval_classic_red_lip_clean_split.json", "gain_amplified_over_seeds_db", "+{:.2f} dB", ">= +2 dB"),
+    ("`smoky_eye`, whole chain: makeup R^2 of 300 amplified unseen faces", "dal_eval_smoky_eye.json", "amplified_vs_truth/r2", "{:.2f}", ">= 0.7"),
+    ("the ceiling: makeup R^2 of a perfect latent edit at 128 px, `classic_red_lip`", "dal_eval_vae_ceiling.json", "shipped_prior/ceilings/crl_128/r2", "{:.2f}", ""),
+    ("DDA training step, tiny model at 64 px", "dda_bench.json", "tiny_cpu/seconds_per_step", "{:.3f} s", ""),
+    ("amplification end to end, tiny model at 64 px", "amplify_bench.json", "cpu_tiny/end_to_end/images_per_second", "{:.1f} images/s", ""),
+    ("video, 720p, fp32 ONNX, both smoothings", "video_bench.json", "goals/fps_720p_tinybeauty_fp32/value", "{:.1f} fps", ">= 30 fps"),
+    ("web page, int8 ONNX, one WASM thread: time per frame", "web_bench.json", "tinybeauty_int8.onnx, 1 thread/photo_350/frame_ms", "{:.0f} ms", ""),
+    ("face parsing: lips IoU, 100 CelebAMask-HQ faces", "face_parsing_eval.json", "iou/lips", "{:.3f}", ">= 0.75"),
+]
+# fmt: on
+
+
+def lookup(data, path: str):
+    """The value at `path` ("a/b/0/c") in a parsed JSON."""
+    for key in path.split("/"):
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    return data
+
+
+def render_rows(rows=ROWS, results: Path = RESULTS) -> list[str]:
+    """The table's markdown lines, each value read from its JSON."""
+    lines = ["| result | value | goal | JSON |", "|---|---|---|---|"]
+    for label, name, path, fmt, goal in rows:
+        data = json.loads((results / name).read_text())
+        try:
+            value = lookup(data, path)
+        except (KeyError, IndexError, ValueError, TypeError) as err:
+            raise SystemExit(f"{results / name}: no value at key path {path!r} ({err!r})") from err
+        lines.append(f"| {label} | {fmt.format(value)} | {goal} | [{name}](bench/results/{name}) |")
+    return lines
+
+
+def split_readme(text: str) -> tuple[str, list[str], str]:
+    """README.md as (text up to and including START, the block's lines, text from END on)."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise SystemExit(f"{README}: needs exactly one {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    block, tail = rest.split(END, 1)
+    return head + START, block.strip("\n").splitlines(), END + tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when README.md's block differs from the JSONs")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    head, block, tail = split_readme(text)
+    table = render_rows()
+    if args.check:
+        if block == table:
+            return 0
+        diff = difflib.unified_diff(block, table, "README.md (now)", "README.md (from the JSONs)", lineterm="")
+        print("\n".join(diff))
+        print("README.md's results table is stale: run python scripts/results_table.py", file=sys.stderr)
+        return 1
+    new = head + "\n" + "\n".join(table) + "\n" + tail
+    if new != text:
+        README.write_text(new)
+        print(f"rewrote the results table in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
