@@ -419,8 +419,6 @@ def init_from_folder(folder: str, parts: dict, state: dict, cfg) -> None:
     log.info("init_from %s: VAE, UNet and text encoder loaded; starting at the %s phase", folder, phase)
 
 
-
-
 def write_summary(cfg, run_dir: Path, state: dict, parts: dict, faces: dict, finished: bool) -> dict:
     summary = {
         "stage": "pretrain_prior",
