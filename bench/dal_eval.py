@@ -153,8 +153,9 @@ def replicate_pairs(pairs_dir: Path, out_dir: Path, count: int) -> None:
 
 
 @torch.no_grad()
-def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
-    """The trained DDA on its own seed pairs at its training resolution, against their targets."""
+def dda_on_seeds(dda_dir: Path, seed_dir: Path, region_weights: dict[str, float] | None = None) -> dict:
+    """The trained DDA on its own seed pairs at its training resolution, against their targets (`region_weights`:
+    FGMM overrides, e.g. the weights it learned before a calibration)."""
     dda = load_dda(dda_dir / "dda_final.pt")
     size = dda.resolution
     preds, truths, sources, masks = [], [], [], []
@@ -162,14 +163,15 @@ def dda_on_seeds(dda_dir: Path, seed_dir: Path) -> dict:
         source, target = resize_rgb(source, size), resize_rgb(target, size)
         mask = np.array(resize_labels(mask, size))
         generator = torch.Generator().manual_seed(index)
-        out = dda.img2img(from_uint8(source)[None], torch.from_numpy(mask.astype(np.int64))[None], generator=generator)
+        labels = torch.from_numpy(mask.astype(np.int64))[None]
+        out = dda.img2img(from_uint8(source)[None], labels, region_weights=region_weights, generator=generator)
         preds.append(to_uint8(out[0]))
         truths.append(target)
         sources.append(source)
         masks.append(mask)
     return score(preds, truths, sources, masks) | {
         "rdm_alpha": round(float(dda.rdm.alpha), 4),
-        "fgmm": {k: round(v, 4) for k, v in dda.fgmm.weights().items()},
+        "fgmm": {k: round(v, 4) for k, v in dda.fgmm.weights(region_weights).items()},
     }
 
 
@@ -305,6 +307,9 @@ def score_dda(args, dda_dir: Path, seeds: Path, results: dict) -> int:
     summary = json.loads((dda_dir / "summary.json").read_text())
     results["dda_region_conditioning"] = summary.get("region_conditioning", False)
     results["dda_calibration"] = summary.get("calibration")
+    if results["dda_calibration"]:  # the same DDA with the FGMM weights it learned, before the calibration
+        learned = results["dda_calibration"]["learned_fgmm"]
+        results["dda_on_seeds_learned_fgmm"] = dda_on_seeds(dda_dir, seeds, learned)
     resolution = dda_resolution(dda_dir)
     results["dda_seeds_vae_ceiling"] = vae_ceiling(
         load_vae(args.pretrained), seed_pairs_at(seeds, resolution), resolution
