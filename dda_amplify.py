@@ -32,6 +32,11 @@ the same config a pair's bytes do not depend on the process count or on being re
 `batch_size` gives the same noise but may round differently in batched kernels.) A rerun skips every
 pair whose files exist and whose manifest line says ok or skipped, and refuses an output folder made
 with other settings; files are written atomically, so a killed run leaves no half-written image.
+
+The model does not wait for the CPU work around it: a worker thread prepares the next batch's faces
+(read, detect, align, parse) while the model makes the current one, and a writer thread writes the
+finished pairs (PNGs, then each pair's manifest line, in plan order) meanwhile. The bytes and the
+manifest are those of doing it all in turn.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ import json
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +86,7 @@ from data.amplify_manifest import (
     plan_jobs,
 )
 from data.face_crops import PreparedFace, SkipInput, build_face_tools, prepare_face
+from data.face_parsing import EYE_REGIONS
 from data.io import read_labels, read_rgb
 from errors import ConfigError
 from models.dda import SCHEDULERS
@@ -175,6 +182,7 @@ def run_settings(cfg: DictConfig, resolution: int) -> dict:
         "region_weights": configured_weights(cfg),  # null: the checkpoint's learned FGMM weight
         "style": style_record(cfg),
         "resolution": int(resolution),
+        "eye_region": str(cfg.face.eye_region),
     }
 
 
@@ -200,25 +208,36 @@ class AmplifyContext:
     pending: set[int]  # Job.index of the pairs this process still has to write
 
 
-def amplify_batch(batch: list[Job], ctx: AmplifyContext) -> tuple[list[dict], float]:
-    """Prepare, generate and write one batch; returns the manifest records of its pending pairs.
-
-    The whole batch is generated even when some of its pairs exist already, so that a resumed batch
-    holds the same faces as the first attempt; only the pending pairs are written.
-    """
-    cfg, out_dir, device, resolution = ctx.cfg, ctx.out_dir, ctx.device, ctx.resolution
+def prepare_batch(batch: list[Job], ctx: AmplifyContext) -> dict[str, PreparedFace | SkipInput]:
+    """Each distinct input of the batch found, aligned and parsed (or why not): the face tools' share of a
+    batch, run on the prefetch thread (the only thread that uses the aligner and the parser)."""
     prepared: dict[str, PreparedFace | SkipInput] = {}
     for job in batch:
         if job.input_name in prepared:
             continue
         try:
-            prepared[job.input_name] = prepare_face(job.input, ctx.aligner, ctx.parser, resolution)
+            prepared[job.input_name] = prepare_face(job.input, ctx.aligner, ctx.parser, ctx.resolution)
         except SkipInput as skip:
             prepared[job.input_name] = skip
         except Exception as err:  # one odd photo must not end a 20,000-image run; logged and recorded
             log.warning("%s: face detection failed: %r", job.input, err)
             prepared[job.input_name] = SkipInput("error", f"{job.input}: {type(err).__name__}: {err}")
+    return prepared
 
+
+PairToWrite = tuple[str, PreparedFace, np.ndarray]  # name, the prepared face (source, mask), the target
+
+
+def amplify_batch(
+    batch: list[Job], prepared: dict[str, PreparedFace | SkipInput], ctx: AmplifyContext
+) -> tuple[list[tuple[dict, PairToWrite | None]], float]:
+    """Generate one prepared batch; returns each pending pair's manifest record with the pair to write
+    (None for a skipped input), and the DDA's seconds.
+
+    The whole batch is generated even when some of its pairs exist already, so that a resumed batch
+    holds the same faces as the first attempt; only the pending pairs are returned.
+    """
+    cfg, device = ctx.cfg, ctx.device
     valid = [job for job in batch if isinstance(prepared[job.input_name], PreparedFace)]
     targets: list[np.ndarray] = []
     dda_seconds = 0.0
@@ -236,7 +255,7 @@ def amplify_batch(batch: list[Job], ctx: AmplifyContext) -> tuple[list[dict], fl
             targets.append(keep_source_outside_makeup(face.source, image, face.mask, weights))
         dda_seconds = time.perf_counter() - start
 
-    records = []
+    outputs = []
     by_job = dict(zip((j.index for j in valid), targets))
     for job in batch:
         if job.index not in ctx.pending:
@@ -244,16 +263,54 @@ def amplify_batch(batch: list[Job], ctx: AmplifyContext) -> tuple[list[dict], fl
         face = prepared[job.input_name]
         record = {"input": job.input_name, "name": job.name, "variant": job.variant, "seed": job.seed}
         record.update(ctx.settings)
+        pair = None
         if isinstance(face, PreparedFace):
-            write_pair(out_dir, job.name, face, by_job[job.index])
+            pair = (job.name, face, by_job[job.index])
             seconds = face.seconds / sum(j.input_name == job.input_name for j in valid) + dda_seconds / len(valid)
             record.update(status="ok", reason=None, detail=None, box=face.box, matrix=face.matrix)
         else:
             seconds = 0.0
             record.update(status="skipped", reason=face.reason, detail=face.detail)
         record["seconds"] = round(seconds, 4)
-        records.append(record)
-    return records, dda_seconds
+        outputs.append((record, pair))
+    return outputs, dda_seconds
+
+
+class PairWriter:
+    """Writes pairs and their manifest lines on one background thread, in the order they are given: a pair's
+    files first, then its line (so a line always means finished files, as when written in turn). A write
+    error stops the writing (nothing after it is written) and comes back to the caller at its next `write`
+    or at `close`; at most `backlog` writes wait."""
+
+    def __init__(self, out_dir: Path, shard: ShardWriter, backlog: int = 16):
+        self.out_dir, self.shard, self.backlog = out_dir, shard, backlog
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pair-writer")
+        self._waiting: deque[Future] = deque()
+        self._failed = False
+
+    def write(self, record: dict, pair: PairToWrite | None) -> None:
+        self._waiting.append(self._pool.submit(self._write, record, pair))
+        while self._waiting and (len(self._waiting) > self.backlog or self._waiting[0].done()):
+            self._waiting.popleft().result()  # raises the writer's error here
+
+    def _write(self, record: dict, pair: PairToWrite | None) -> None:
+        if self._failed:
+            return  # after a failed write nothing more: the plan's order stays whole up to the failure
+        try:
+            if pair is not None:
+                write_pair(self.out_dir, *pair)
+            self.shard.write(record)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def close(self) -> None:
+        try:
+            while self._waiting:
+                self._waiting.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
+            self.shard.close()
 
 
 def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolution: int) -> dict:
@@ -280,24 +337,31 @@ def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolut
     if accelerator.is_main_process:
         log.info("%d pairs planned from %s; %d to make (%d processes)", len(jobs), cfg.input_dir, len(pending), world)
 
-    shard = ShardWriter(out_dir, rank)
+    todo = [batch for batch in batches if any(j.index in pending for j in batch)]
+    writer = PairWriter(out_dir, ShardWriter(out_dir, rank))
+    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-prep")
     made, skipped_now, dda_seconds = 0, 0, 0.0
-    bar = tqdm(batches, desc=f"amplify {rank + 1}/{world}", unit="batch", disable=not accelerator.is_local_main_process)
-    for batch in bar:
-        if made >= limit:
-            break
-        if not any(j.index in pending for j in batch):
-            continue
-        batch_records, seconds = amplify_batch(batch, ctx)
-        dda_seconds += seconds
-        for record in batch_records:
-            if record["status"] == "ok" and made >= limit:
-                break  # unwritten pairs stay pending; the same batch makes them next run
-            shard.write(record)
-            made += record["status"] == "ok"
-            skipped_now += record["status"] == "skipped"
-        bar.set_postfix(made=made, skipped=skipped_now)
-    shard.close()
+    bar = tqdm(todo, desc=f"amplify {rank + 1}/{world}", unit="batch", disable=not accelerator.is_local_main_process)
+    try:
+        upcoming = prefetch.submit(prepare_batch, todo[0], ctx) if todo else None
+        for index, batch in enumerate(bar):
+            if made >= limit:
+                break
+            prepared = upcoming.result()
+            # the next batch's faces are prepared while the model makes this one
+            upcoming = prefetch.submit(prepare_batch, todo[index + 1], ctx) if index + 1 < len(todo) else None
+            outputs, seconds = amplify_batch(batch, prepared, ctx)
+            dda_seconds += seconds
+            for record, pair in outputs:
+                if record["status"] == "ok" and made >= limit:
+                    break  # unwritten pairs stay pending; the same batch makes them next run
+                writer.write(record, pair)
+                made += record["status"] == "ok"
+                skipped_now += record["status"] == "skipped"
+            bar.set_postfix(made=made, skipped=skipped_now)
+    finally:
+        prefetch.shutdown(wait=True, cancel_futures=True)
+        writer.close()
 
     from accelerate.utils import gather_object  # accelerate: only the amplifier's launch needs it, loaded there
 
@@ -430,6 +494,21 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     return models, resolution
 
 
+def resolve_eye_region(cfg: DictConfig, models: dict) -> None:
+    """`face.eye_region` null takes the mask convention the DDA was trained on (its checkpoint); one that differs
+    from it is used and logged, as the other sampling settings."""
+    trained = {checkpoint: getattr(dda, "eye_region", "lid") for checkpoint, dda in models.items()}
+    own = trained[str(cfg.checkpoint)]
+    if cfg.face.eye_region is None:
+        cfg.face.eye_region = own
+    elif str(cfg.face.eye_region) not in EYE_REGIONS:
+        raise ConfigError(f"config key 'face.eye_region' must be one of {', '.join(EYE_REGIONS)} or null")
+    for checkpoint, region in trained.items():
+        if region != cfg.face.eye_region:
+            log.warning("face.eye_region=%s, but %s was trained on masks with eye_region=%s", cfg.face.eye_region,
+                        checkpoint, region)  # fmt: skip
+
+
 def resolve_sampling(cfg: DictConfig, dda) -> None:
     """strength, num_steps, scheduler left null take the values the DDA was trained with (its checkpoint);
     a value that differs is kept and logged (`DDA.sampling_settings`)."""
@@ -451,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         setup_logging(level=logging.WARNING)
     torch.manual_seed(int(cfg.seed))  # nothing should draw from it (pairs have their own generators)
     models, resolution = build_models(cfg, accelerator.device)
-    aligner, parser = build_face_tools(cfg, resolution)
+    resolve_eye_region(cfg, models)
+    aligner, parser = build_face_tools(cfg, resolution, str(cfg.face.eye_region))
     wandb = WandbLogger(cfg, cfg.output_dir, name="dda_amplify") if accelerator.is_main_process else None
     summary = amplify(cfg, accelerator, models, aligner, parser, resolution)
     if wandb is not None:

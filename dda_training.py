@@ -65,7 +65,7 @@ from errors import CheckpointError, ConfigError, InputError
 from losses.dda import DDALoss
 from models.dda import DDA
 from models.dda_io import build_dda, load_dda, save_lora
-from models.dda_optim import build_optimizer, prepare_training, train_step
+from models.dda_optim import LatentCache, NonFiniteSteps, build_optimizer, prepare_training, train_step
 from models.fgmm import fit_region_gains
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dda.yaml"
@@ -76,22 +76,32 @@ MIXED_PRECISION = ("fp16", "no")  # the values of model.mixed_precision
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def _parse_makeup(rgb: np.ndarray) -> np.ndarray | None:
-    """Makeup-region labels from the face parser (imported lazily: mediapipe is slow to load)."""
-    if not hasattr(_parse_makeup, "parser"):
-        _parse_makeup.parser = FaceParser()
-    parse = _parse_makeup.parser.parse(rgb)
+def seed_eye_region(root: str | Path) -> str:
+    """The mask convention of the seed pairs (make_seed_pairs.py records it in summary.json; "lid" otherwise)."""
+    summary = Path(root) / "summary.json"
+    try:
+        return str(json.loads(summary.read_text()).get("eye_region") or "lid") if summary.is_file() else "lid"
+    except (OSError, json.JSONDecodeError):
+        return "lid"
+
+
+def _parse_makeup(rgb: np.ndarray, eye_region: str = "lid") -> np.ndarray | None:
+    """Makeup-region labels from the face parser (one parser per mask convention, kept for the run)."""
+    parsers = _parse_makeup.__dict__.setdefault("parsers", {})
+    if eye_region not in parsers:
+        parsers[eye_region] = FaceParser(eye_region=eye_region)
+    parse = parsers[eye_region].parse(rgb)
     return None if parse is None else np.asarray(parse.makeup, np.uint8)
 
 
-def _fill_missing_masks(pairs, mask_dir: Path) -> None:
+def _fill_missing_masks(pairs, mask_dir: Path, eye_region: str = "lid") -> None:
     """Pairs without a mask get one from the face parser, written to `mask_dir` (the dataset reads it there)."""
     missing = [pair for pair in pairs if pair.mask is None]
     if not missing:
         return
     log.info("computing makeup masks with the face parser for %d pair(s) -> %s", len(missing), mask_dir)
     for pair in missing:
-        makeup = _parse_makeup(read_rgb(pair.source))
+        makeup = _parse_makeup(read_rgb(pair.source), eye_region)
         if makeup is None:
             log.warning("no face found in %s: training on it without a mask (FGMM treats it all as skin)", pair.source)
             continue
@@ -119,7 +129,7 @@ def build_data(cfg, run_dir: Path) -> tuple[PairedDataset, list]:
         log.warning("%s", line)
     pairs = scan.pairs[: cfg.data.num_pairs] if cfg.data.num_pairs > 0 else scan.pairs
     _check_sizes(pairs)
-    _fill_missing_masks(pairs, run_dir / "masks")
+    _fill_missing_masks(pairs, run_dir / "masks", seed_eye_region(cfg.data.root))
     log.info("seed pairs (%d): %s", len(pairs), ", ".join(p.name for p in pairs))
     affine = config_to_dict(cfg.data.affine)
     try:
@@ -146,7 +156,7 @@ def find_holdout_face(cfg, train_names: set[str]) -> Path | None:
     return None
 
 
-def load_holdout(path: Path | None, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def load_holdout(path: Path | None, size: int, eye_region: str = "lid") -> tuple[torch.Tensor, torch.Tensor] | None:
     """(1, 3, S, S) face in [-1, 1] and (1, S, S) makeup labels (all skin when no face is parsed)."""
     if path is None:
         return None
@@ -156,7 +166,7 @@ def load_holdout(path: Path | None, size: int) -> tuple[torch.Tensor, torch.Tens
         log.warning("held-out face skipped: %s", err)
         return None
     try:
-        makeup = _parse_makeup(rgb)
+        makeup = _parse_makeup(rgb, eye_region)
     except Exception as err:  # the parser is optional for samples: never stop a run over it
         log.warning("face parser unavailable for the held-out face (%s): using an all-skin mask", err)
         makeup = None
@@ -199,14 +209,22 @@ def parameter_counts(dda: DDA) -> dict[str, int]:
 # Training
 # --------------------------------------------------------------------------------------------
 def train_epoch(dda, loader, loss_fn, optimizer, scaler, cfg, use_fp16, wandb, state, progress) -> dict:
+    """One pass over the seed pairs; `state` carries the step count, the latent cache and the non-finite counter."""
     totals: dict[str, float] = {}
+    nonfinite = state.setdefault("nonfinite", NonFiniteSteps(dda, use_fp16, cfg.train.lr))
     for batch in loader:
-        values = train_step(dda, batch, loss_fn, optimizer, scaler, cfg.train.grad_clip, use_fp16)
+        result = train_step(
+            dda, batch, loss_fn, optimizer, scaler, cfg.train.grad_clip, use_fp16, state.get("latent_cache")
+        )
         state["global_step"] += 1
+        nonfinite.update(result, state["global_step"], log)  # 10 in a row stop the run
+        values = result.terms
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v
-        module_values = {"rdm_alpha": float(dda.rdm.alpha.detach())}
+        module_values = {"rdm_alpha": float(dda.rdm.alpha.detach()), "grad_norm": result.grad_norm}
         module_values.update({f"fgmm_{k}": v for k, v in dda.fgmm.weights().items()})
+        if use_fp16:
+            module_values["loss_scale"] = result.loss_scale
         wandb.log({**{f"loss/{k}": v for k, v in values.items()}, **module_values}, step=state["global_step"])
         progress.update(1)
         progress.set_postfix(loss=f"{values['total']:.4f}", alpha=f"{module_values['rdm_alpha']:.3f}")
@@ -303,6 +321,8 @@ def write_summary(run_dir: Path, cfg, run: dict, calibration: dict | None) -> di
         "mixed_precision": "fp16" if run["use_fp16"] else "no",
         "seconds": round(state["seconds"], 2),
         "seconds_per_step": round(state["seconds"] / max(state["steps_timed"], 1), 4) if state["steps_timed"] else None,
+        "nonfinite_steps": state["nonfinite"].total,
+        "vae_upcast": dda.upcast_vae,
         "outputs": {"final": "dda_final.pt", "lora": "pytorch_lora_weights.safetensors", "modules": "dda_modules.json"},
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
@@ -333,8 +353,10 @@ def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str 
     dataset, pairs = build_data(cfg, run_dir)
     check_calibrate(cfg, len(pairs))
     holdout_path = find_holdout_face(cfg, {p.name for p in pairs})
-    holdout = load_holdout(holdout_path, cfg.train.resolution)
+    eye_region = seed_eye_region(cfg.data.root)
+    holdout = load_holdout(holdout_path, cfg.train.resolution, eye_region)
     dda, use_fp16 = build_model(cfg, device)
+    dda.eye_region = eye_region  # stage 3 parses new faces with the seeds' mask convention
     counts = parameter_counts(dda)
     regions = f", region conditioning {counts['region_conditioning']}" if "region_conditioning" in counts else ""
     log.info(
@@ -348,6 +370,9 @@ def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str 
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
     loss_fn = DDALoss.from_config(cfg).to(device)
     state = {"global_step": 0, "seconds": 0.0, "steps_timed": 0}
+    state["nonfinite"] = NonFiniteSteps(dda, use_fp16, cfg.train.lr)
+    # The seed pairs repeat every epoch: encode each (and its flip) once. With data.affine each image is new.
+    state["latent_cache"] = None if _affine_on(cfg) else LatentCache()
     start_epoch = resume(resume_ckpt, resume_path, dda, optimizer, scaler, state) if resume_ckpt else 0
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=False)
     wandb = WandbLogger(cfg, run_dir, name="dda")
@@ -380,6 +405,11 @@ def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str 
                 _fmt(dda.fgmm.weights()),
             )
     wandb.finish()
+    cache = state["latent_cache"]
+    if cache is not None:
+        log.info("latent cache: %d image(s) encoded, %d reused", cache.encoded, cache.reused)
+    if state["nonfinite"].total:
+        log.warning("%d step(s) had a non-finite loss or gradient and were skipped", state["nonfinite"].total)
     dda.eval()
     return {"dda": dda, "dataset": dataset, "pairs": pairs, "optimizer": optimizer, "scaler": scaler,
             "state": state, "last_terms": last_terms, "counts": counts, "holdout_path": holdout_path,
@@ -456,6 +486,7 @@ def train_fold(cfg, pairs: list, held_out: int, fold_dir: Path) -> DDA:
             if link is not None and not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(Path(path).resolve())
+    atomic_write_text(data / "summary.json", json.dumps({"eye_region": seed_eye_region(cfg.data.root)}))
     fold_cfg = copy.deepcopy(cfg)
     fold_cfg.data.root, fold_cfg.output_dir, fold_cfg.calibrate = str(data), str(fold_dir), 0
     fold_cfg.data.num_pairs, fold_cfg.data.holdout_face, fold_cfg.wandb.mode = (
@@ -474,6 +505,11 @@ def train_fold(cfg, pairs: list, held_out: int, fold_dir: Path) -> DDA:
     )
     write_summary(fold_dir, fold_cfg, run, None)
     return run["dda"]
+
+
+def _affine_on(cfg) -> bool:
+    affine = cfg.data.affine
+    return bool(affine.rotate_deg or affine.scale or affine.shift) and affine.probability > 0
 
 
 def _fmt(values: dict) -> str:

@@ -31,7 +31,7 @@ from common import (
     setup_logging,
 )
 from data.face_align import FaceAligner
-from data.face_parsing import FaceParser
+from data.face_parsing import EYE_REGIONS, FaceParser
 from data.io import ImageReadError, list_images, read_labels, read_rgb
 from data.makeup_render import load_template, render_makeup
 from errors import InputError
@@ -51,6 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=512, help="square crop size (default 512, for stage 2)")
     parser.add_argument("--margin", type=float, default=0.4, help="crop margin around the face box (default 0.4)")
     parser.add_argument("--seed", type=int, default=0, help="order in which faces are tried (default 0)")
+    parser.add_argument(
+        "--eye-region",
+        choices=EYE_REGIONS,
+        default="lid",
+        help="what the masks' eye label covers: lid (lids and liner; default) or area (also the brows and the eye "
+        "openings, where a learned style may paint too); stage 2 records it and stage 3 parses alike",
+    )
     parser.add_argument("--max-shift", type=float, default=3.0, help="import: warn above this landmark shift (px)")
     args = parser.parse_args(argv)
     if args.faces and not args.template:
@@ -188,6 +195,17 @@ def _thumb(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), resample))
 
 
+def check_eye_region(output: Path, eye_region: str) -> None:
+    """Refuse to add pairs with another mask convention to a folder that holds some already."""
+    summary = output / "summary.json"
+    made_with = json.loads(summary.read_text()).get("eye_region", "lid") if summary.is_file() else "lid"
+    if made_with != eye_region:
+        raise InputError(
+            f"{output} holds pairs whose masks were made with --eye-region {made_with}, not {eye_region}: "
+            "use another --output, or the same --eye-region to add pairs"
+        )
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.output = Path(args.output)
@@ -196,11 +214,15 @@ def main(argv=None) -> dict:
     done = existing_pairs(args.output)
     mode = "template" if args.faces else "import"
     summary = {"stage": "seed_pairs", "mode": mode, "template": None, "requested": args.num if args.faces else None,
-               "size": args.size, "pairs_made": 0, "pairs_kept": 0, "pairs_total": 0, "names": [],
-               "skipped": [], "warnings": []}  # fmt: skip
+               "size": args.size, "eye_region": args.eye_region, "pairs_made": 0, "pairs_kept": 0, "pairs_total": 0,
+               "names": [], "skipped": [], "warnings": []}  # fmt: skip
     if done:
+        check_eye_region(args.output, args.eye_region)
         log.info("%d pair(s) already in %s are kept", len(done), args.output)
-    with FaceAligner(size=args.size, margin=args.margin, max_faces=4) as aligner, FaceParser() as parser:
+    with (
+        FaceAligner(size=args.size, margin=args.margin, max_faces=4) as aligner,
+        FaceParser(eye_region=args.eye_region) as parser,
+    ):
         build = from_template if args.faces else from_import
         names = build(args, aligner, parser, done, summary)
     summary["pairs_kept"] = len(set(names) & done)

@@ -13,7 +13,7 @@ Stages, each the same script a user runs on a GPU, with the small configs in `co
      data.makeup_truth     the template rendered on those very crops: how much of the makeup the amplified
                            pairs carry (R^2 of the makeup residual, lips' change as a share of the truth's)
   4. tinybeauty_training.py  TinyBeauty on the amplified pairs
-  5. tinybeauty_inference.py --full-photo on a photo with two faces
+  5. tinybeauty_inference.py --full-photo on a photo with two faces (AF12 and CM10 of the samples)
   6. tinybeauty_export.py  ONNX fp32 + int8
 
 `--pretrained runs/tiny_sd` (after `python -m models.tiny_sd runs/tiny_sd`) runs the same pipeline on
@@ -207,12 +207,24 @@ def prepare_inputs(args: argparse.Namespace, out: Path) -> None:
 
     photo_dir = out / "photo"
     if not (photo_dir / "two_faces.png").exists():
-        left, right = read_rgb(faces[-1]), read_rgb(faces[-2])
+        left, right = (read_rgb(face) for face in photo_faces(faces))
         height = max(left.shape[0], right.shape[0])
         canvas = np.full((height + 80, left.shape[1] + right.shape[1] + 120, 3), 235, np.uint8)
         canvas[40 : 40 + left.shape[0], 40 : 40 + left.shape[1]] = left
         canvas[40 : 40 + right.shape[0], 80 + left.shape[1] : 80 + left.shape[1] + right.shape[1]] = right
         atomic_save_image(canvas, photo_dir / "two_faces.png")
+
+
+# Two bundled faces of different skin tones with closed, unpainted lips, on which lipstick and liner read plainly
+# (and that the default five seed pairs do not use).
+PHOTO_FACES = ("AF12", "CM10")
+
+
+def photo_faces(faces: list[Path]) -> list[Path]:
+    """The two faces of the full-photo example: PHOTO_FACES when --faces holds them, else its last two."""
+    by_stem = {face.stem: face for face in faces}
+    chosen = [by_stem[stem] for stem in PHOTO_FACES if stem in by_stem]
+    return chosen if len(chosen) == 2 else [faces[-1], faces[-2]]
 
 
 def run_stage(stage: Stage, force: bool) -> float | None:

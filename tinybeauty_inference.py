@@ -3,6 +3,8 @@
     python tinybeauty_inference.py --checkpoint tinybeauty_model/tinybeauty_best_psnr.pt --input faces/ --output out/
     python tinybeauty_inference.py --checkpoint CKPT --input photo.jpg --output out/ --full-photo
     python tinybeauty_inference.py --checkpoint CKPT --input faces/ --output out/ --intensity 0.5
+    python tinybeauty_inference.py --list-styles                                  # the shipped styles
+    python tinybeauty_inference.py --style smoky_eye --input photos/ --output out/ --full-photo   # no training
 
 One PNG per input, with the input's stem, at the input's size. The model runs at its resolution
 (`data.size` of the checkpoint's config); its makeup residual there is the clamped output minus the
@@ -14,13 +16,18 @@ large face keeps its own detail and only the makeup is upsampled. `--intensity X
 output, 1.5 a stronger look (the exported ONNX takes the same value as its `intensity` input).
 `--full-photo` finds every face in a photo (data.face_align), applies the model to each aligned face
 and pastes it back with a feathered edge; a photo without a face is written unchanged and reported.
-OUTPUT_DIR/summary.json lists what went in and came out.
+`--style NAME` runs a shipped style's ONNX (weights/styles/NAME/, deploy/styles.py; the fp32 export unless
+`--precision int8`) in ONNX Runtime instead of a checkpoint, the same way; a path to a style folder works
+too (make_style.py's --out). Photos are read upright (their EXIF orientation applied) and written upright,
+as PNG; a file that is not a readable image (truncated, corrupt, too large) is skipped with one line naming
+it, and the others are still written. OUTPUT_DIR/summary.json lists what went in and came out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +45,9 @@ from common import (
 )
 from data.face_align import FaceAligner, process_full_photo
 from data.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_rgb
+from deploy.crop_model import MakeupModel
 from deploy.makeup import apply_makeup, check_intensity, load_model
+from deploy.styles import DEFAULT_PRECISION, MODEL_FILES, describe_styles, get_style
 from errors import InputError
 
 
@@ -63,16 +72,28 @@ def process_photo(photo: np.ndarray, face_fn: Callable[[np.ndarray], np.ndarray]
     return process_full_photo(photo, face_fn, aligner)
 
 
-def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bool = False, device: str = "auto",
-        intensity: float = 1.0):  # fmt: skip
-    intensity = check_intensity(intensity)
+def face_function(checkpoint: str | Path | None, style: str | None, precision: str, device: str, intensity: float):
+    """(face_fn: (H, W, 3) uint8 -> the same with makeup, the model's resolution, {what runs: its path})."""
+    if style is not None:
+        chosen = get_style(style)
+        engine = MakeupModel(chosen.model(precision), "onnxruntime", os.cpu_count() or 1, intensity)
+        return engine.makeup, engine.size, {"style": chosen.name, "model": str(engine.path)}
     torch_device = get_device(device)
     model, size = load_model(checkpoint, torch_device)
-    log.info("model from %s (trained at %dx%d), %d input(s), intensity %g, device %s", checkpoint, size, size,
-             len(inputs), intensity, device)  # fmt: skip
 
-    def face_fn(face: np.ndarray) -> np.ndarray:
+    def checkpoint_fn(face: np.ndarray) -> np.ndarray:
         return apply_makeup(model, face, size, torch_device, intensity)
+
+    return checkpoint_fn, size, {"checkpoint": str(checkpoint)}
+
+
+def run(checkpoint: str | Path | None, inputs: list[Path], output: Path, full_photo: bool = False,
+        device: str = "auto", intensity: float = 1.0, style: str | None = None,
+        precision: str = DEFAULT_PRECISION):  # fmt: skip
+    intensity = check_intensity(intensity)
+    face_fn, size, info = face_function(checkpoint, style, precision, device, intensity)
+    described = f"style {info['style']} ({info['model']}, ONNX Runtime)" if style else f"{checkpoint} (device {device})"
+    log.info("model %s, trained at %dx%d; %d input(s), intensity %g", described, size, size, len(inputs), intensity)
 
     written, skipped, no_face, faces_total, start = [], [], [], 0, time.time()
     aligner = face_aligner() if full_photo else None
@@ -91,6 +112,7 @@ def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bo
                 no_face.append(str(path))
         else:
             result = face_fn(image)
+        del image  # a 108 MP photo: one full-size copy fewer while the PNG is encoded
         out_path = output / f"{path.stem}.png"
         atomic_save_image(result, out_path)
         written.append(str(out_path))
@@ -98,7 +120,9 @@ def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bo
         aligner.close()
     summary = {
         "stage": "tinybeauty_inference",
-        "checkpoint": str(checkpoint),
+        "checkpoint": None,
+        "style": None,
+        **info,
         "model_size": size,
         "full_photo": full_photo,
         "intensity": intensity,
@@ -117,22 +141,37 @@ def run(checkpoint: str | Path, inputs: list[Path], output: Path, full_photo: bo
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="tinybeauty_*.pt from tinybeauty_training.py")
-    parser.add_argument("--input", required=True, help="an image or a folder of images")
-    parser.add_argument("--output", required=True, help="folder for the results (one PNG per input)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="tinybeauty_*.pt from tinybeauty_training.py")
+    model.add_argument("--style", help="a shipped style (--list-styles) or a style folder: no training needed")
+    model.add_argument("--list-styles", action="store_true", help="print the shipped styles and exit")
+    parser.add_argument("--precision", choices=tuple(MODEL_FILES), default=DEFAULT_PRECISION,
+                        help="with --style: which export runs (default: %(default)s; int8 is the phone's)")  # fmt: skip
+    parser.add_argument("--input", help="an image or a folder of images")
+    parser.add_argument("--output", help="folder for the results (one PNG per input)")
     parser.add_argument("--full-photo", action="store_true", help="find, align and process every face of a photo")
     parser.add_argument(
         "--intensity", type=float, default=1.0, help="makeup strength, 0 (none) to 1.5; 1 is the trained look"
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     args = parser.parse_args(argv)
+    if args.list_styles:
+        print(describe_styles())
+        return {}
+    if not (args.checkpoint or args.style):
+        parser.error("one of --checkpoint or --style is needed (--list-styles shows the shipped styles)")
+    if not (args.input and args.output):
+        parser.error("--input and --output are needed")
     try:
         check_intensity(args.intensity)
     except ValueError as err:
         parser.error(f"--{err}")
     setup_logging()
+    if args.style:
+        get_style(args.style)  # an unknown or incomplete style stops here, naming the known ones or the missing file
     inputs = collect_inputs(Path(args.input))
-    return run(args.checkpoint, inputs, Path(args.output), args.full_photo, args.device, args.intensity)
+    return run(args.checkpoint, inputs, Path(args.output), args.full_photo, args.device, args.intensity,
+               args.style, args.precision)  # fmt: skip
 
 
 if __name__ == "__main__":

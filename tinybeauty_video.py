@@ -4,6 +4,8 @@
     python tinybeauty_video.py --model tinybeauty_model/tinybeauty_best_psnr.pt --input clip.mp4 --output out.mp4
     python tinybeauty_video.py --model M --input clip.mp4 --output out.mkv intensity=0.7 smoothing.enabled=false
     python tinybeauty_video.py --model M --input clip.mp4 --output out.mp4 smoothing.residual.enabled=false
+    python tinybeauty_video.py --style smoky_eye --input clip.mp4 --output out.mp4    # a shipped style, no training
+    python tinybeauty_video.py --list-styles
 
 The output has the input's frame rate, size and number of frames. Its codec follows its suffix (.mp4 and
 .mov: mp4v, .avi: MJPG, .mkv: lossless FFV1; `codec=` picks another FourCC). OpenCV reads and writes
@@ -29,7 +31,8 @@ encoding run in four threads, each a frame or more ahead of the next (OpenCV, Me
 Runtime let go of the GIL). An unreadable video stops with a message naming the file; a truncated or
 corrupt one stops where it breaks, and the message says that the frames processed so far are in the
 output, a valid video (exit status 2, as for every input error). The model runs with one thread by
-default: two compete with the pipeline's own.
+default: two compete with the pipeline's own. `--style NAME` runs a shipped style's fp32 ONNX
+(weights/styles/NAME/, deploy/styles.py; `--precision int8` for the other) instead of `--model`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from omegaconf import DictConfig
 from common import atomic_write_text, load_config, log, run_cli, setup_logging
 from data.video_io import VideoReadError
 from deploy.crop_model import MakeupModel
+from deploy.styles import DEFAULT_PRECISION, MODEL_FILES, describe_styles, get_style
 from deploy.video import process_video, residual_settings
 from errors import InputError
 
@@ -79,17 +83,30 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__.strip().splitlines()[0],
         epilog="Overrides: any key of configs/video.yaml as key=value, e.g. intensity=0.7 smoothing.enabled=false",
     )
-    parser.add_argument("--model", required=True, help="tinybeauty_{fp32,int8}.onnx or a tinybeauty_*.pt checkpoint")
-    parser.add_argument("--input", required=True, help="a video file")
-    parser.add_argument("--output", required=True, help="the video to write (.mp4, .mov, .avi, .mkv)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", help="tinybeauty_{fp32,int8}.onnx or a tinybeauty_*.pt checkpoint")
+    model.add_argument("--style", help="a shipped style (--list-styles) or a style folder: no training needed")
+    model.add_argument("--list-styles", action="store_true", help="print the shipped styles and exit")
+    parser.add_argument("--precision", choices=tuple(MODEL_FILES), default=DEFAULT_PRECISION,
+                        help="with --style: which export runs (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--input", help="a video file")
+    parser.add_argument("--output", help="the video to write (.mp4, .mov, .avi, .mkv)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     parser.add_argument("--summary", default=None, metavar="JSON", help="also write the run's summary here")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(argv)
+    if args.list_styles:
+        print(describe_styles())
+        return {}
+    if not (args.model or args.style):
+        parser.error("one of --model or --style is needed (--list-styles shows the shipped styles)")
+    if not (args.input and args.output):
+        parser.error("--input and --output are needed")
     setup_logging()
     cfg = load_config(DEFAULT_CONFIG, args.overrides, args.config)
+    model_path = get_style(args.style).model(args.precision) if args.style else args.model
     try:
-        summary = run(args.model, args.input, args.output, cfg)
+        summary = run(model_path, args.input, args.output, cfg)
     except VideoReadError as err:
         if err.summary is not None:  # a partial output was written: say what is in it
             log_summary(err.summary)

@@ -37,18 +37,17 @@ from common import (
 )
 from data import face_crops
 from data.io import list_images
-from models.dda import DDA
-from models.sd_base import load_base_model
+from models import dda_io
 from models.tiny_sd import build_tiny_sd
 
 SAMPLE_FACES = REPO_ROOT / "data" / "samples" / "faces"
 
 
 def build_dda(pretrained: str | Path, resolution: int, device: torch.device, dtype: torch.dtype):
-    """A fresh DDA (LoRA rank 16 as stage 2 trains it) on the given base model."""
-    base = load_base_model(str(pretrained), device=device, dtype=dtype)
-    dda = DDA(base, prompt="a photo of a face with sks makeup", resolution=resolution).to(device).eval()
-    return dda
+    """A fresh DDA as stage 2 builds it from configs/dda.yaml (LoRA rank 16 on `lora.target_modules`)."""
+    overrides = [f"model.pretrained={pretrained}", f"train.resolution={resolution}"]
+    cfg = load_config(REPO_ROOT / "configs" / "dda.yaml", overrides)
+    return dda_io.build_dda(cfg, device=device, dtype=dtype).to(device).eval()
 
 
 def bench_cfg(faces: Path, out: Path, resolution: int, batch_size: int, num_images: int):
@@ -92,6 +91,7 @@ def prepare_faces(faces: Path, count: int, resolution: int) -> tuple[list, float
 def dda_images_per_second(dda, prepared: list, batch_sizes: list[int], repeats: int, device, cfg) -> dict:
     results = {}
     models = {"bench": dda}
+    amp.resolve_sampling(cfg, dda)  # null strength/steps/scheduler: the DDA's own, as dda_amplify.py does
     for batch_size in batch_sizes:
         batch = [prepared[i % len(prepared)] for i in range(batch_size)]
         source = torch.stack([from_uint8(f.source) for f in batch]).to(device)  # (B, 3, R, R)
@@ -119,12 +119,15 @@ def bench_cpu(args, prepared: list) -> dict:
         dda = build_dda(tiny, args.resolution, device, torch.float32)
         cfg = bench_cfg(args.faces_dir, Path(tmp) / "out", args.resolution, max(args.batch_sizes), args.faces)
         per_batch = dda_images_per_second(dda, prepared, args.batch_sizes, args.repeats, device, cfg)
+        sampling = {k: cfg[k] for k in ("strength", "num_steps", "scheduler")}  # resolved from the DDA
         aligner, parser = face_crops.build_face_tools(cfg, args.resolution)
         summary = amp.amplify(cfg, Accelerator(cpu=True), {"bench": dda}, aligner, parser, args.resolution)
     return {
         "model": "tiny SD-1.5-shaped (models/tiny_sd.py), fp32",
         "resolution": args.resolution,
         "torch_threads": torch.get_num_threads(),
+        "lora_target_modules": list(dda.lora_targets),
+        "sampling": sampling,
         "dda_by_batch_size": per_batch,
         "end_to_end": {
             "faces": args.faces,
@@ -158,6 +161,7 @@ def bench_gpu(args, prepared_512: list | None) -> dict:
         "images_per_second": rate,
         "hours_for_20000_faces": round(20000 / rate / 3600, 2),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
     }
 
 
@@ -182,10 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     defaults = load_config(amp.DEFAULT_CONFIG)
     prepared, prep_seconds = prepare_faces(args.faces_dir, args.faces, args.resolution)
     result = {
-        "settings": {
-            **{k: defaults[k] for k in ("strength", "num_steps", "scheduler", "guidance_scale")},
-            "repeats": args.repeats,
-        },
+        "settings": {"guidance_scale": defaults["guidance_scale"], "repeats": args.repeats},  # sampling: per model
         "face_prep": {"faces": len(prepared), "seconds_per_face": round(prep_seconds, 4)},
         "cpu_tiny": bench_cpu(args, prepared),
     }

@@ -57,6 +57,7 @@ import tinybeauty_training
 from common import atomic_save_image, atomic_write_text, from_uint8, load_checkpoint, load_config, log, to_uint8
 from data.face_align import FaceAligner
 from data.face_crops import SkipInput, build_face_tools, prepare_face
+from data.face_parsing import EYE_REGIONS, FaceParser
 from data.io import list_images, read_labels, read_rgb, resize_labels, resize_rgb
 from data.makeup_render import load_template
 from data.makeup_truth import load_pairs, render_truth, score
@@ -266,6 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--heldout", type=int, default=100, help="faces (pairs with --pairs) to score TinyBeauty on")
     parser.add_argument("--size", type=int, default=256, help="amplified pair size (default 256)")
+    parser.add_argument("--eye-region", choices=EYE_REGIONS, default="lid", help="the seed masks' eye label (stage 1)")
     parser.add_argument("--dda", default="", help="extra dda_training.py overrides, one string")
     parser.add_argument("--amplify-args", default="", help="extra dda_amplify.py overrides, one string")
     parser.add_argument("--tinybeauty", default="train.epochs=20", help="tinybeauty_training.py overrides")
@@ -333,9 +335,10 @@ def learned_weights(results: dict) -> list[str] | None:
 
 
 def score_folders(made_dir: Path, truth_dir: Path, names: list[str]) -> dict:
+    """`made_dir`'s targets against `truth_dir`'s, over the regions of `truth_dir`'s masks."""
     made, truth = load_pairs(made_dir, names), load_pairs(truth_dir, names)
     preds, truths = [made[n][1] for n in names], [truth[n][1] for n in names]
-    return score(preds, truths, [made[n][0] for n in names], [made[n][2] for n in names])
+    return score(preds, truths, [made[n][0] for n in names], [truth[n][2] for n in names])
 
 
 def score_amplified(args, run: tuple, truth_dir: Path, names: list[str], resolution: int, timed, results: dict) -> None:
@@ -385,7 +388,7 @@ def template_run(args) -> dict:
         "seed_pairs",
         make_seed_pairs.main,
         ["--faces", args.seed_faces, "--template", args.template, "--num", str(args.seeds), "--size", str(args.size)]
-        + ["--output", str(seeds)],
+        + ["--output", str(seeds), "--eye-region", args.eye_region],
     )
     dda_dir = train_dda(args, seeds, work, timed)
     results: dict = {"template": str(template.name), "pretrained": args.pretrained}
@@ -455,26 +458,28 @@ def link_photos(pairs_dir: Path, names: list[str], out: Path) -> tuple[Path, Pat
     return folders[0], folders[1]
 
 
-def import_pairs(pairs_dir: Path, names: list[str], work: Path, label: str, size: int, timed: Timer) -> Path:
+def import_pairs(pairs_dir: Path, names: list[str], work: Path, label: str, args, timed: Timer) -> Path:
     """The named pairs through `make_seed_pairs.py --import`: aligned and parsed as a user's own pairs are."""
     before, after = link_photos(pairs_dir, names, work / f"photos_{label}")
     out = work / label
-    timed(
-        f"import_{label}",
-        make_seed_pairs.main,
-        ["--import", str(before), str(after), "--output", str(out), "--size", str(size)],
-    )
+    command = ["--import", str(before), str(after), "--output", str(out), "--size", str(args.size)]
+    timed(f"import_{label}", make_seed_pairs.main, command + ["--eye-region", args.eye_region])
     return out
+
+
+SCORED_EYE_REGION = "area"  # learned styles are scored over the whole eye area: they paint brows and lash lines too
 
 
 def style_truth(amplified: Path, pairs_dir: Path, out: Path, size: int) -> list[str]:
     """Each amplified crop's true target: the style's own target photo cut by the very affine stage 3 used
-    (manifest `matrix`), beside the amplified source and mask. Returns the names written."""
+    (manifest `matrix`), beside the amplified source and the mask the score uses: the source crop parsed with
+    eye_region=area, whatever the DDA was trained with, so every setting is scored over the same pixels.
+    Returns the names written."""
 
     # Stage 3 cuts at max(size, face.parse_size) and resizes to `size`; its manifest matrix is scaled to `size`.
     crop_size = max(size, int(load_config(dda_amplify.DEFAULT_CONFIG).face.parse_size))
     cutter, targets = FaceAligner(size=crop_size), photos_by_name(pairs_dir / "target")
-    names = []
+    parser, names = FaceParser(eye_region=SCORED_EYE_REGION), []
     for line in (amplified / "manifest.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record["status"] != "ok":
@@ -484,10 +489,14 @@ def style_truth(amplified: Path, pairs_dir: Path, out: Path, size: int) -> list[
             target = read_rgb(targets[Path(record["input"]).stem])
             matrix = np.asarray(record["matrix"], np.float64) * (crop_size / size)
             crop = np.array(resize_rgb(cutter.crop_with_matrix(matrix, target), size))
-            atomic_save_image(read_rgb(amplified / "source" / f"{name}.png"), out / "source" / f"{name}.png")
-            atomic_save_image(read_labels(amplified / "mask" / f"{name}.png"), out / "mask" / f"{name}.png")
+            source = read_rgb(amplified / "source" / f"{name}.png")
+            parse = parser.parse(source)
+            mask = read_labels(amplified / "mask" / f"{name}.png") if parse is None else parse.makeup
+            atomic_save_image(source, out / "source" / f"{name}.png")
+            atomic_save_image(np.asarray(mask, np.uint8), out / "mask" / f"{name}.png")
             atomic_save_image(crop, out / "target" / f"{name}.png")
         names.append(name)
+    parser.close()
     return names
 
 
@@ -497,7 +506,7 @@ def learned_style(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     timed = Timer()
     split = split_style_pairs(pairs_dir, work, args.seeds, args.heldout, args.seed)
-    seeds = import_pairs(pairs_dir, split["seeds"], work, "seed_pairs", args.size, timed)
+    seeds = import_pairs(pairs_dir, split["seeds"], work, "seed_pairs", args, timed)
     dda_dir = train_dda(args, seeds, work, timed)
     results: dict = {"pairs": str(pairs_dir), "pretrained": args.pretrained, "seed_names": split["seeds"]}
     resolution = score_dda(args, dda_dir, seeds, results)
@@ -517,8 +526,8 @@ def learned_style(args) -> dict:
     amplify_faces, _, _ = split_faces(Path(args.faces), work, args.amplify, 0, args.seed)
     amplified = amplify(args, dda_dir, amplify_faces, work / "amplified", timed, "dda_amplify")
     count = sum(1 for _ in (amplified / "target").glob("*.png"))
-    truth_pool = import_pairs(pairs_dir, split["pool"], work, "truth_pairs", args.size, timed)
-    heldout = import_pairs(pairs_dir, split["heldout"], work, "heldout_pairs", args.size, timed)
+    truth_pool = import_pairs(pairs_dir, split["pool"], work, "truth_pairs", args, timed)
+    heldout = import_pairs(pairs_dir, split["heldout"], work, "heldout_pairs", args, timed)
     arms = {"amplified": amplified, "seeds_only": work / "seed_pairs_repeated", "truth": work / "truth_pairs_repeated"}
     replicate_pairs(seeds, arms["seeds_only"], count)
     replicate_pairs(truth_pool, arms["truth"], count)

@@ -5,9 +5,12 @@
     python bench/dda_bench.py --sd15                   # + an SD-1.5-sized model (random weights), 512, fp16 (CUDA)
 
 A step is exactly `dda_training.train_epoch`'s: the training forward (LoRA UNet with gradients, base
-UNet for S', VAE encode of source and target, decode of both x0 predictions), the three losses,
-backward, clipping and Adam. The SD-1.5-sized part builds UNet/VAE/CLIP text encoder of SD 1.5's
-shapes with random weights in memory (timing does not depend on the weights) and needs a GPU.
+UNet for S', decode of both x0 predictions; the source and target latents from the run's latent cache,
+as stage 2 encodes each seed pair once), the three losses, backward, clipping and Adam, with the LoRA
+of configs/dda.yaml (`lora.target_modules`: attention and ResNet convolutions). The SD-1.5-sized part
+builds SD 1.5's UNet/VAE/CLIP text encoder (models/sd15_shaped.py) with random weights in memory
+(timing does not depend on the weights) and needs a GPU; it reports the allocator's peak allocated and
+reserved memory. Memory and FLOPs without a GPU: bench/sd15_path.py.
 """
 
 from __future__ import annotations
@@ -23,49 +26,28 @@ import torch
 
 from common import atomic_write_text, count_parameters, load_config
 from losses.dda import DDALoss
-from models.dda import DDA
-from models.dda_optim import build_optimizer, prepare_training, train_step
+from models import sd15_shaped
+from models.dda_io import build_dda
+from models.dda_optim import LatentCache, build_optimizer, prepare_training, train_step
 from models.sd_base import frozen_base, load_base_model
-from models.tiny_sd import build_tiny_sd
+from models.tiny_sd import build_tiny_sd, sd15_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sd15_sized_base(tokenizer_source: Path, device, dtype) -> dict:
-    """UNet, VAE and text encoder with SD 1.5's shapes and random weights (860M + 84M + 123M parameters)."""
+def sd15_sized_base(work: Path, device, dtype) -> dict:
+    """SD 1.5's UNet, VAE and text encoder (models/sd15_shaped.py: 860M + 84M + 123M parameters), random weights."""
     # diffusers takes seconds to import: loaded when a model is built
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
-    # transformers takes seconds to import: loaded when a model is built
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_source, subfolder="tokenizer")
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072))
-    scheduler = DDPMScheduler.from_pretrained(tokenizer_source, subfolder="scheduler")
-    return frozen_base(
-        unet, vae, text_encoder, tokenizer, scheduler, pretrained="random SD-1.5-sized", device=device, dtype=dtype
-    )
+    parts = sd15_shaped.build_unet(), sd15_shaped.build_vae(), sd15_shaped.build_text_encoder()
+    tokenizer = sd15_shaped.build_tokenizer(work / "sd15_tokenizer")
+    scheduler = DDPMScheduler.from_config(sd15_scheduler().config)  # SD 1.5's folder, as load_base_model reads it
+    return frozen_base(*parts, tokenizer, scheduler, pretrained="random SD-1.5-shaped", device=device, dtype=dtype)
 
 
 def time_steps(base: dict, cfg, device, use_fp16: bool, steps: int, warmup: int = 2) -> dict:
-    dda = DDA(
-        base,
-        prompt=str(cfg.model.prompt),
-        resolution=cfg.train.resolution,
-        lora_rank=cfg.lora.rank,
-        lora_alpha=cfg.lora.alpha,
-        strength=cfg.diffusion.strength,
-        num_steps=cfg.diffusion.num_steps,
-    )
+    dda = build_dda(cfg, device=device, base=base)  # configs/dda.yaml's LoRA (rank, targets), losses, vae_upcast
     prepare_training(dda, cfg.model.gradient_checkpointing)
     dda.train()
     res, batch_size = cfg.train.resolution, cfg.train.batch_size
@@ -80,10 +62,11 @@ def time_steps(base: dict, cfg, device, use_fp16: bool, steps: int, warmup: int 
     optimizer = build_optimizer(dda, cfg.train.lr, cfg.train.scalar_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
     loss_fn = DDALoss.from_config(cfg).to(device)
+    latent_cache = LatentCache()  # as dda_training.py: the pair is encoded once, in the warm-up
 
     def run(n: int) -> None:
         for _ in range(n):
-            train_step(dda, batch, loss_fn, optimizer, scaler, cfg.train.grad_clip, use_fp16)
+            train_step(dda, batch, loss_fn, optimizer, scaler, cfg.train.grad_clip, use_fp16, latent_cache)
 
     run(warmup)
     if device.type == "cuda":
@@ -101,12 +84,14 @@ def time_steps(base: dict, cfg, device, use_fp16: bool, steps: int, warmup: int 
         "gradient_checkpointing": bool(cfg.model.gradient_checkpointing),
         "steps_timed": steps,
         "seconds_per_step": round(seconds, 4),
+        "lora_target_modules": list(dda.lora_targets),
         "trainable_params": count_parameters(dda, trainable_only=True),
         "total_params": count_parameters(dda),
         "hours_for_500_epochs_x_5_pairs": round(seconds * 500 * 5 / 3600, 3),
     }
     if device.type == "cuda":
         result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
         result["device"] = torch.cuda.get_device_name()
     else:
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -137,7 +122,7 @@ def main() -> None:
         elif args.sd15:
             gpu = torch.device("cuda")
             cfg = load_config(REPO / "configs" / "dda.yaml", ["train.resolution=512", "wandb.mode=disabled"])
-            base = sd15_sized_base(tiny, gpu, torch.float16)
+            base = sd15_sized_base(Path(tmp), gpu, torch.float16)
             report["sd15_cuda"] = time_steps(base, cfg, gpu, True, args.steps)
     print(json.dumps(report))  # the last line is the JSON
     if args.out:

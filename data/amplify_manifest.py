@@ -39,7 +39,9 @@ RECORDED_SETTINGS = (
     "region_weights",
     "style",
     "resolution",
+    "eye_region",
 )
+LEGACY_SETTINGS = {"eye_region": "lid"}  # what a manifest line written before the key existed was made with
 
 
 @dataclass
@@ -159,8 +161,9 @@ def check_settings(records: dict[str, dict], jobs: Sequence[Job], settings: dict
             continue
         wanted = dict(settings, seed=job.seed)
         for key in RECORDED_SETTINGS:
-            if record.get(key) != wanted[key]:
+            made_with = record.get(key, LEGACY_SETTINGS.get(key))
+            if made_with != wanted[key]:
                 raise InputError(
-                    f"{out_dir} holds pairs made with {key}={record.get(key)!r} (e.g. {record['name']}), "
+                    f"{out_dir} holds pairs made with {key}={made_with!r} (e.g. {record['name']}), "
                     f"not {wanted[key]!r}: use a new output_dir or the same settings to resume"
                 )

@@ -130,11 +130,13 @@ class FaceAligner:
         new_crop: np.ndarray,
         feather: float = 0.08,
         mode: str = "residual",
+        inplace: bool = False,
     ) -> np.ndarray:
         """Put a processed crop back into the photo, fading out over `feather` x crop size at its edge.
 
         `mode="residual"` (default) adds the warped change (new_crop - face.crop); `"replace"` blends the
-        warped crop itself. Returns a new (H, W, 3) uint8 photo.
+        warped crop itself. Returns a new (H, W, 3) uint8 photo, or `photo` itself changed with `inplace`
+        (no full-size copy: a 108 MP photo is 324 MB).
         """
         photo = _as_rgb(photo)
         new_crop = _as_rgb(new_crop)
@@ -146,23 +148,32 @@ class FaceAligner:
         xy = corners @ inverse.T
         x0, y0 = np.maximum(np.floor(xy.min(0)).astype(int), 0)
         x1, y1 = np.minimum(np.ceil(xy.max(0)).astype(int) + 1, [photo.shape[1], photo.shape[0]])
-        out = photo.copy()
+        out = photo if inplace else photo.copy()
         if x1 <= x0 or y1 <= y0:
             return out
-        to_roi = inverse.copy()
-        to_roi[:, 2] -= [x0, y0]
-        roi_size = (int(x1 - x0), int(y1 - y0))
-        alpha = cv2.warpAffine(feather_mask(self.size, feather), to_roi, roi_size, flags=cv2.INTER_LINEAR)[..., None]
-        region = out[y0:y1, x0:x1].astype(np.float32)
-        if mode == "residual":
-            change = new_crop.astype(np.float32) - face.crop.astype(np.float32)
-            region += cv2.warpAffine(change, to_roi, roi_size, flags=cv2.INTER_LINEAR) * alpha
-        elif mode == "replace":
-            warped = cv2.warpAffine(new_crop, to_roi, roi_size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-            region += (warped.astype(np.float32) - region) * alpha
-        else:
+        if mode not in ("residual", "replace"):
             raise ValueError(f"paste_back mode must be 'residual' or 'replace', not '{mode}'")
-        out[y0:y1, x0:x1] = np.clip(np.round(region), 0, 255).astype(np.uint8)
+        mask = feather_mask(self.size, feather)
+        change = new_crop.astype(np.float32) - face.crop.astype(np.float32) if mode == "residual" else None
+        # Band by band down the face's box: a face 6,000 pixels across (a selfie on a 108 MP phone) would
+        # otherwise need four float copies of its box at once (1.7 GB). Each band warps with the same affine,
+        # moved to the band's corner, so it gets the pixels the whole box would.
+        rows = max(1, (1 << 22) // int(x1 - x0))
+        for top in range(int(y0), int(y1), rows):
+            bottom = min(int(y1), top + rows)
+            to_band = inverse.copy()
+            to_band[:, 2] -= [x0, top]
+            band_size = (int(x1 - x0), bottom - top)
+            alpha = cv2.warpAffine(mask, to_band, band_size, flags=cv2.INTER_LINEAR)[..., None]
+            region = out[top:bottom, x0:x1].astype(np.float32)
+            if change is not None:
+                region += cv2.warpAffine(change, to_band, band_size, flags=cv2.INTER_LINEAR) * alpha
+            else:
+                warped = cv2.warpAffine(
+                    new_crop, to_band, band_size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+                )
+                region += (warped.astype(np.float32) - region) * alpha
+            out[top:bottom, x0:x1] = np.clip(np.round(region), 0, 255).astype(np.uint8)
         return out
 
     def close(self) -> None:
@@ -208,7 +219,7 @@ def process_full_photo(
         faces = aligner.detect(photo)
         result = _as_rgb(photo).copy()
         for face in faces:
-            result = aligner.paste_back(result, face, apply_fn(face.crop.copy()))
+            aligner.paste_back(result, face, apply_fn(face.crop.copy()), inplace=True)
         return result, len(faces)
     finally:
         if own:

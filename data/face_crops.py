@@ -164,7 +164,9 @@ def prepare_face(path: Path, aligner, parser, resolution: int) -> PreparedFace:
     )
 
 
-def build_face_tools(cfg: DictConfig, resolution: int):
+def build_face_tools(cfg: DictConfig, resolution: int, eye_region: str = "lid"):
+    """The aligner and parser of stage 3's `face.*` settings; `eye_region`: what the mask's eye label covers
+    (data.face_parsing.makeup_regions), the one the DDA was trained with."""
     size = max(resolution, int(cfg.face.parse_size))
     aligner = FaceAligner(size=size, margin=float(cfg.face.margin), max_faces=int(cfg.face.max_faces))
-    return aligner, FaceParser()
+    return aligner, FaceParser(eye_region=eye_region)

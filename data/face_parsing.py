@@ -385,13 +385,20 @@ def _eye_makeup(eye: np.ndarray, blocked: np.ndarray) -> np.ndarray:
     return grown & ~eye & ~blocked
 
 
-def makeup_regions(fine: np.ndarray) -> np.ndarray:
+EYE_REGIONS = ("lid", "area")  # what the eye-makeup label (1) covers: see `makeup_regions`
+
+
+def makeup_regions(fine: np.ndarray, eye_region: str = "lid") -> np.ndarray:
     """Fine map -> makeup map (0 bg, 1 eye-makeup region, 2 lips, 3 skin).
 
     Needs no landmarks: the eye-makeup region is grown from each eye label (up over the lid, a thin
     band under the lower lash line, out to the sides for a wing) and stops at the brows, so the same
-    function serves the parser and hand-labelled maps.
+    function serves the parser and hand-labelled maps. `eye_region="area"` makes label 1 the whole eye
+    area instead: that lid region plus the brows and the eye openings, where a learned style also paints
+    (darker brows, a lash line on the rim of the eye): FGMM and the amplifier leave label 0 untouched.
     """
+    if eye_region not in EYE_REGIONS:
+        raise ValueError(f"eye_region must be one of {', '.join(EYE_REGIONS)}, not {eye_region!r}")
     fine = np.asarray(fine)
     out = np.zeros(fine.shape, np.uint8)
     face_skin = np.isin(fine, [FINE_LABELS["skin"], FINE_LABELS["nose"]])
@@ -401,6 +408,8 @@ def makeup_regions(fine: np.ndarray) -> np.ndarray:
     for label in ("l_eye", "r_eye"):
         lid = _eye_makeup(fine == FINE_LABELS[label], brows | eyes)
         out[lid & (face_skin | (out == MAKEUP_SKIN))] = MAKEUP_EYE
+    if eye_region == "area":
+        out[brows | eyes] = MAKEUP_EYE
     out[np.isin(fine, [FINE_LABELS["upper_lip"], FINE_LABELS["lower_lip"]])] = MAKEUP_LIPS
     return out
 
@@ -443,11 +452,16 @@ def from_lapa(labels: np.ndarray) -> np.ndarray:
 # The parser
 # --------------------------------------------------------------------------------------------
 class FaceParser:
-    """MediaPipe FaceMesh (static images, 478 landmarks) + landmark region shaping. Reusable; close() or `with`."""
+    """MediaPipe FaceMesh (static images, 478 landmarks) + landmark region shaping. Reusable; close() or `with`.
 
-    def __init__(self, min_detection_confidence: float = 0.5, max_num_faces: int = 4):
+    `eye_region`: what the makeup map's eye label covers (`makeup_regions`): "lid" or "area"."""
+
+    def __init__(self, min_detection_confidence: float = 0.5, max_num_faces: int = 4, eye_region: str = "lid"):
+        if eye_region not in EYE_REGIONS:
+            raise ValueError(f"eye_region must be one of {', '.join(EYE_REGIONS)}, not {eye_region!r}")
         self.min_detection_confidence = float(min_detection_confidence)
         self.max_num_faces = int(max_num_faces)
+        self.eye_region = eye_region
         self._mesh = None
 
     def _get_mesh(self):
@@ -480,7 +494,7 @@ class FaceParser:
         if not faces:
             return None
         fine = parse_landmarks(image, faces[0])
-        return FaceParse(fine=fine, makeup=makeup_regions(fine), landmarks=faces[0])
+        return FaceParse(fine=fine, makeup=makeup_regions(fine, self.eye_region), landmarks=faces[0])
 
     def close(self) -> None:
         if self._mesh is not None:

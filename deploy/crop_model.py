@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.makeup import blend, check_intensity, load_model
+from deploy.makeup import blend, check_intensity, load_model, makeup_image
 from deploy.onnx_export import INTENSITY, export_onnx, ort_session
 from errors import ConfigError, ModelError
 
@@ -57,6 +57,20 @@ class MakeupModel:
         torch.set_num_threads(self.threads)
         self.model, self.size = load_model(path, torch.device("cpu"))
         self.session = None
+
+    def output(self, source: np.ndarray) -> np.ndarray:
+        """The model's own output at intensity 1, clamp(source + residual), for (N, 3, S, S) float32 in [-1, 1]:
+        what deploy.makeup.makeup_image runs (it applies the intensity itself, at the photo's size)."""
+        if self.session is not None:
+            return self.session.run(None, {"source": np.ascontiguousarray(source, np.float32)})[0]
+        with torch.no_grad():
+            return self.model(torch.from_numpy(source).float()).float().numpy()
+
+    def makeup(self, face: np.ndarray, intensity: float | None = None) -> np.ndarray:
+        """An (H, W, 3) uint8 face of any size with makeup, as photo mode makes it (deploy.makeup.makeup_image:
+        the model at its size, its change resized to the face's); `intensity` None: this model's."""
+        level = self.intensity if intensity is None else intensity
+        return makeup_image(lambda small: torch.from_numpy(self.output(small.numpy())), face, self.size, level)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         source = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - 1  # (N, 3, S, S) in [-1, 1]

@@ -9,6 +9,7 @@ scales it: `clamp(face + X * residual)`; 0 gives the face back exactly, 1 the mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +49,55 @@ def apply_makeup(
     model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device, intensity: float = 1.0
 ) -> np.ndarray:
     """(H, W, 3) uint8 face of any size -> (H, W, 3) uint8 with makeup at `intensity` (0 to 1.5)."""
+    return makeup_image(lambda small: model(small.to(device)).float().cpu(), image, size, intensity)
+
+
+@torch.no_grad()
+def makeup_image(
+    run: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray, size: int, intensity: float = 1.0
+) -> np.ndarray:
+    """`apply_makeup` for any engine: `run` maps (1, 3, size, size) float32 in [-1, 1] to the model's output,
+    clamp(face + residual), the same shape (PyTorch, or an ONNX Runtime session: deploy.crop_model)."""
     intensity = check_intensity(intensity)
     height, width = image.shape[:2]
-    small = from_uint8(np.array(resize_rgb(image, size)))[None].to(device)  # (1, 3, size, size) in [-1, 1]
-    makeup = model(small).float()  # clamp(small + residual): what training compared with the target
+    small = from_uint8(np.array(resize_rgb(image, size)))[None]  # (1, 3, size, size) in [-1, 1]
+    makeup = run(small).float()  # clamp(small + residual): what training compared with the target
     if (height, width) == (size, size):
         return to_uint8(blend(small, makeup, intensity)[0])
     # The change the model made at its resolution, not its raw residual: near saturated pixels the raw
     # residual is unconstrained (training only saw it through the clamp) and would bleed when upsampled.
-    makeup_residual = F.interpolate(makeup - small, size=(height, width), mode="bilinear", align_corners=False)
-    full = from_uint8(np.array(image))[None].to(device)  # (1, 3, H, W)
-    return to_uint8((full + intensity * makeup_residual).clamp(-1, 1)[0])
+    return add_change(image, (makeup - small)[0], intensity)
+
+
+def add_change(
+    image: np.ndarray, change: torch.Tensor, intensity: float = 1.0, band_pixels: int = 1 << 22
+) -> np.ndarray:
+    """clamp(image + intensity x change resized to the image), rounded as common.to_uint8; (H, W, 3) uint8.
+
+    `change` is (3, S, S) in [-1, 1] units. The resize is F.interpolate's bilinear (align_corners=False, the
+    same numbers), done as its two separable passes: across once, to (S, W, 3), then down band by band in
+    numpy, so a 12,000-pixel photo needs a few bands of floats at a time instead of several full-size float
+    copies (5 GB for 108 MP), in a fifth of the time of doing the bands in torch (6 s against 28 s, loaded).
+    """
+    height, width = image.shape[:2]
+    size_y = change.shape[1]
+    across = F.interpolate(change[None].float(), size=(size_y, width), mode="bilinear", align_corners=False)[0]
+    across = across.permute(1, 2, 0).contiguous().numpy()  # (S, W, 3)
+    # The rows' source positions and weights, as ATen's upsample_bilinear2d computes them (float32).
+    half, scale = np.float32(0.5), np.float32(size_y / height)
+    source_y = np.maximum((np.arange(height, dtype=np.float32) + half) * scale - half, 0)
+    upper = np.minimum(source_y.astype(np.int64), size_y - 1)
+    lower = np.minimum(upper + 1, size_y - 1)
+    weight = np.clip(source_y - upper, 0, 1).astype(np.float32)[:, None, None]  # (H, 1, 1)
+    out = np.empty_like(image)
+    rows = max(1, band_pixels // max(1, width))
+    for top in range(0, height, rows):
+        band = slice(top, min(height, top + rows))
+        resized = across[upper[band]] * (1 - weight[band]) + across[lower[band]] * weight[band]  # (b, W, 3)
+        value = image[band].astype(np.float32) / np.float32(127.5) - np.float32(1)  # common.from_uint8
+        value += np.float32(intensity) * resized
+        np.clip(value, -1, 1, out=value)
+        value += 1
+        value *= np.float32(127.5)
+        out[band] = np.rint(value, out=value)  # common.to_uint8 (round half to even, as torch.round)
+    return out

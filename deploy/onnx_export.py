@@ -223,6 +223,37 @@ def compact_names(path: Path) -> Path:
     return path
 
 
+def without_intensity(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The export with its output taken before the intensity blend: the model's own clamp(source + residual),
+    no `intensity` input, and none of the blend's four full-size element-wise ops, which ONNX Runtime cannot
+    fold away while `intensity` is an input. For a caller that blends itself (the web page: onnxruntime-web
+    1.30 takes no feed for `intensity` anyway); its output is the full export's at intensity 1, bit for bit.
+    A graph without the blend (Mul by `intensity`) comes back as it is. Changes `model` in place and returns it.
+    """
+    graph = model.graph
+    scaled = [node for node in graph.node if node.op_type == "Mul" and INTENSITY in node.input]
+    if len(scaled) != 1 or len(graph.output) != 1:
+        return model
+    own_output = next(name for name in scaled[0].input if name != INTENSITY)
+    output = graph.output[0].name
+    graph.node.remove(next(node for node in graph.node if output in node.output))  # the blend's last op
+    for node in graph.node:
+        node.input[:] = [output if name == own_output else name for name in node.input]
+        node.output[:] = [output if name == own_output else name for name in node.output]
+    while True:  # drop the rest of the blend: nodes nothing reads any more
+        used = {name for node in graph.node for name in node.input} | {output}
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    for values in (graph.input, graph.initializer):
+        for value in [v for v in values if v.name == INTENSITY]:
+            values.remove(value)
+    onnx.checker.check_model(model)
+    return model
+
+
 def ort_session(path: Path, threads: int | None = None):
     """CPU session with every graph optimisation (fusions and the NCHWc layout) and one intra-op
     thread per core unless `threads` says otherwise; this is the configuration the bench times."""

@@ -34,7 +34,13 @@ so background and weight-0 regions are the source exactly. At amplification the 
 also copied back into regions that get no makeup after every denoising step (as the official
 release does), so the model spends its effort where the makeup goes.
 
-Latents use the VAE posterior's mean (not a sample), so the same source gives the same latent.
+Latents use the VAE posterior's mean (not a sample), so the same source gives the same latent (stage 2
+encodes each seed pair once per run and reuses the latents: `models.dda_optim.LatentCache`).
+
+Precision: the UNet and text encoder run in the dtype they were loaded in (fp16 on a GPU). The VAE
+runs in fp32 when `vae_upcast` says so (`model.vae_upcast`: auto follows the VAE config's
+`force_upcast`, true for SD 1.5, as diffusers' pipelines decide): its weights are kept in fp32 and it
+encodes and decodes outside autocast, where an fp16 decode can overflow to inf.
 
 Other sizes: a source larger or smaller than the DDA's training resolution is brought to that
 resolution, made up there, and the makeup change (output - source) is resized back and added to the
@@ -51,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from errors import ConfigError, ModelError
 from models.fgmm import FGMM, REGIONS
 from models.rdm import RDM
 from models.region_conditioning import RegionConditioning, region_maps
@@ -61,6 +68,17 @@ SCHEDULERS = ("ddim", "euler_ancestral")
 DEFAULT_STRENGTH = 0.3
 DEFAULT_NUM_STEPS = 10
 DEFAULT_SCHEDULER = "ddim"
+VAE_UPCAST = ("auto", "true", "false")  # model.vae_upcast
+
+
+def resolve_vae_upcast(value, vae) -> bool:
+    """`model.vae_upcast` as a bool: auto follows the VAE config's `force_upcast` (diffusers' default: true)."""
+    word = str(value).strip().lower()
+    if word == "auto":
+        return bool(getattr(vae.config, "force_upcast", True))
+    if word in ("true", "false"):
+        return word == "true"
+    raise ConfigError(f"config key 'model.vae_upcast' must be {', '.join(VAE_UPCAST)}, not {value!r}")
 
 
 def add_lora(
@@ -173,10 +191,18 @@ class DDA(nn.Module):
         lora_targets: list[str] | None = None,
         lora_dropout: float = 0.0,
         region_conditioning: bool = False,
+        vae_upcast: str | bool = "auto",
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler '{scheduler}' (expected one of {', '.join(SCHEDULERS)})")
+        prediction = base["noise_scheduler"].config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ModelError(
+                f"config key 'model.pretrained': {base['pretrained']} predicts '{prediction}' (its scheduler config's "
+                "prediction_type), but the DDA's DDIM path and noise loss need an epsilon-predicting UNet such as "
+                "SD 1.5's (SD 2.x at 768 px predicts v): use an epsilon model"
+            )
         self.pretrained = base["pretrained"]
         self.vae, self.text_encoder, self.tokenizer = base["vae"], base["text_encoder"], base["tokenizer"]
         self.noise_scheduler = base["noise_scheduler"]
@@ -196,8 +222,15 @@ class DDA(nn.Module):
         self.strength, self.num_steps, self.scheduler = float(strength), int(num_steps), str(scheduler)
         self._warned: set[str] = set()
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        # The mask convention of the pairs it learned from (data.face_parsing.makeup_regions): stage 3 parses alike.
+        self.eye_region = "lid"
         self.rdm.to(self.vae.device)
         self.fgmm.to(self.vae.device)
+        # The VAE in fp32 when asked (only matters when the model was loaded in fp16 or bf16).
+        self.vae_upcast = str(vae_upcast).lower()
+        self.upcast_vae = resolve_vae_upcast(vae_upcast, self.vae) and self.vae.dtype != torch.float32
+        if self.upcast_vae:
+            self.vae.to(torch.float32)
 
     # ---- parts ---------------------------------------------------------------------------------
     @property
@@ -210,7 +243,8 @@ class DDA(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.vae.dtype
+        """The UNet's dtype: latents and text embeddings enter the UNet in it (the VAE may be upcast to fp32)."""
+        return self.unet.conv_in.weight.dtype
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """The groups that train: LoRA weights, RDM alpha, FGMM region weights (and the region conditioning)."""
@@ -274,13 +308,21 @@ class DDA(nn.Module):
         return self._prompt_cache[prompt]
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) scaled latents (posterior mean)."""
-        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
-        return posterior.mean * self.vae.config.scaling_factor
+        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) scaled latents (posterior mean) in the UNet's dtype."""
+        with self._vae_precision():
+            posterior = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
+            return (posterior.mean * self.vae.config.scaling_factor).to(self.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> (B, 3, H, W) images (not clamped)."""
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        """Scaled latents -> (B, 3, H, W) images (not clamped), in fp32 when the VAE is upcast."""
+        with self._vae_precision():
+            return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+
+    def _vae_precision(self):
+        """Autocast off around an upcast VAE (autocast would run its convolutions in fp16 again)."""
+        if not self.upcast_vae:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
 
     def predict_noise(self, noisy, timesteps, text, *, use_lora: bool = True, regions: torch.Tensor | None = None):
         """The UNet's noise prediction: the styled model (LoRA on, and the face's region maps when the DDA is
@@ -310,10 +352,12 @@ class DDA(nn.Module):
         target: torch.Tensor,
         makeup_mask: torch.Tensor,
         generator: torch.Generator | None = None,
+        latents: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One training forward on a batch (see the module docstring for the path it trains on).
 
-        source, target: (B, 3, H, W) in [-1, 1]; makeup_mask: (B, H, W) labels. Returns the noise
+        source, target: (B, 3, H, W) in [-1, 1]; makeup_mask: (B, H, W) labels; latents: their
+        (z_source, z_target) when the caller has them (stage 2's latent cache), else encoded here. Returns the noise
         prediction and its target (diffusion loss), `styled` (RDM output) and `composite` (source +
         FGMM-weighted makeup signal), both (B, 3, H, W), and the timesteps used.
         """
@@ -322,13 +366,16 @@ class DDA(nn.Module):
         visited = self.training_timesteps()
         pick = torch.randint(len(visited), (batch,), generator=generator)
         timesteps = visited[pick].to(self.device).long()
-        with torch.no_grad():
-            z_source, z_target = self.encode(source), self.encode(target)
+        if latents is None:
+            with torch.no_grad():
+                latents = self.encode(source), self.encode(target)
+        z_source, z_target = latents
         noise = torch.randn(z_source.shape, generator=generator).to(z_source)
 
         abar = self.noise_scheduler.alphas_cumprod.to(self.device, torch.float32)
         a_t = abar[timesteps].view(-1, 1, 1, 1)
-        a_0, a_end = abar[visited[0]].item(), self.final_alpha()
+        # from the scheduler's own (CPU) table: no device sync, and the same float32 value
+        a_0, a_end = float(self.noise_scheduler.alphas_cumprod[visited[0]]), self.final_alpha()
         x0_path, noise_path = ddim_path(z_source.float(), z_target.float(), noise, a_0, a_end)
         noisy = (a_t.sqrt() * x0_path + (1 - a_t).sqrt() * noise_path).to(self.dtype)
         noisy_source = (a_t.sqrt() * z_source.float() + (1 - a_t).sqrt() * noise).to(self.dtype)
@@ -340,8 +387,8 @@ class DDA(nn.Module):
         with torch.no_grad():  # S': the base model's own reconstruction of the source
             base_pred = self.predict_noise(noisy_source, timesteps, text, use_lora=False)
             end_base = _ddim_end(noisy_source.float(), base_pred.float(), a_t, a_end)
-            reconstruction = self.decode(end_base.to(self.dtype)).float()
-        decoded = self.decode(end_pred.to(self.dtype)).float()
+            reconstruction = self.decode(end_base).float()
+        decoded = self.decode(end_pred).float()
         styled = self.rdm.restore(decoded, source, reconstruction)
         composite = source + self.fgmm(styled - source, makeup_mask.to(self.device))
         return {
@@ -543,6 +590,8 @@ class DDA(nn.Module):
             "rdm_alpha": float(self.rdm.alpha.detach()),
             "fgmm": self.fgmm.weights(),
             "region_conditioning": self.region_conditioning is not None,
+            "eye_region": self.eye_region,
+            "vae_upcast": self.vae_upcast,
         }
 
     def state(self) -> dict:

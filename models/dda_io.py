@@ -64,9 +64,12 @@ def save_lora(dda: DDA, folder: str | os.PathLike) -> Path:
     return folder / LORA_WEIGHTS_NAME
 
 
-def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DDA:
-    """The DDA from a stage-2 config (`configs/dda.yaml`)."""
-    base = load_base_model(cfg.model.pretrained, device=device, dtype=dtype)
+def build_dda(
+    cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, base: dict | None = None
+) -> DDA:
+    """The DDA from a stage-2 config (`configs/dda.yaml`); `base`: SD parts already built (else `model.pretrained`)."""
+    if base is None:
+        base = load_base_model(cfg.model.pretrained, device=device, dtype=dtype)
     return DDA(
         base,
         prompt=str(cfg.model.prompt),
@@ -81,6 +84,7 @@ def build_dda(cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torc
         lora_targets=list(cfg.lora.target_modules),
         lora_dropout=float(cfg.lora.get("dropout", 0.0)),
         region_conditioning=bool(cfg.model.region_conditioning),
+        vae_upcast=cfg.model.vae_upcast,
     )
 
 
@@ -171,6 +175,12 @@ def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
 
 
 def _dda_from_settings(settings: dict, base: dict) -> DDA:
+    dda = _build_from_settings(settings, base)
+    dda.eye_region = settings.get("eye_region", "lid")  # lid before the key existed
+    return dda
+
+
+def _build_from_settings(settings: dict, base: dict) -> DDA:
     return DDA(
         base,
         prompt=settings.get("prompt", ""),
@@ -184,4 +194,5 @@ def _dda_from_settings(settings: dict, base: dict) -> DDA:
         scheduler=settings.get("scheduler", DEFAULT_SCHEDULER),
         lora_targets=settings.get("lora_targets"),
         region_conditioning=bool(settings.get("region_conditioning", False)),  # False before it existed
+        vae_upcast=settings.get("vae_upcast", "auto"),  # auto before it existed (diffusers' pipelines' rule)
     )

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,6 +312,80 @@ def test_same_seed_same_images_other_seed_other_images(inputs, accelerator, tmp_
     assert all(a[k] != c[k] for k in targets)
     v0, v1 = sorted(targets)[:2]
     assert v0.endswith("_v00.png") and v1.endswith("_v01.png") and a[v0] != a[v1]
+
+
+class TimedAligner(FakeAligner):
+    """FakeAligner that takes `delay` seconds a photo and records when, and on which thread."""
+
+    def __init__(self, delay: float):
+        self.delay, self.spans = delay, []
+
+    def detect(self, photo):
+        start = time.perf_counter()
+        time.sleep(self.delay)
+        faces = super().detect(photo)
+        self.spans.append((start, time.perf_counter(), threading.current_thread().name))
+        return faces
+
+
+class TimedDDA(FakeDDA):
+    def __init__(self, delay: float):
+        super().__init__(leak=0.02, delay=delay)
+        self.spans = []
+
+    def img2img(self, source, makeup_mask, **kwargs):
+        start = time.perf_counter()
+        out = super().img2img(source, makeup_mask, **kwargs)
+        self.spans.append((start, time.perf_counter(), threading.current_thread().name))
+        return out
+
+
+def test_faces_are_prepared_while_the_model_runs_with_the_same_output(inputs, accelerator, tmp_path):
+    """The next batch's faces are found on another thread during the DDA call; the bytes and manifest are those
+    of the plain order, and each written pair equals prepare -> generate -> keep-the-source done in turn."""
+    run_fake(inputs, tmp_path / "reference", accelerator)
+    aligner, dda = TimedAligner(delay=0.05), TimedDDA(delay=0.4)
+    cfg = fake_cfg(inputs, tmp_path / "overlapped")
+    amp.amplify(cfg, accelerator, {"fake.pt": dda}, aligner, FakeParser(), RES)
+    main = threading.current_thread().name
+    assert {thread for *_, thread in aligner.spans} != {main} and {thread for *_, thread in dda.spans} == {main}
+    overlaps = [a for a in aligner.spans if any(a[0] < d[1] and d[0] < a[1] for d in dda.spans)]
+    assert overlaps, (aligner.spans, dda.spans)  # some face was prepared while the model ran
+    out = tmp_path / "overlapped"
+    assert pair_bytes(out) == pair_bytes(tmp_path / "reference")
+    assert without_seconds(manifest(out)) == without_seconds(manifest(tmp_path / "reference"))
+
+    weights = amp.run_settings(cfg, RES)["region_weights"]
+    for record in [r for r in manifest(out) if r["status"] == "ok"]:
+        face = face_crops.prepare_face(Path(cfg.input_dir) / record["input"], FakeAligner(), FakeParser(), RES)
+        source, mask = from_uint8(face.source)[None], torch.from_numpy(face.mask).long()[None]
+        made = to_uint8(amp.generate({"fake.pt": FakeDDA(leak=0.02)}, cfg, source, mask, [record["seed"]]))[0]
+        expected = amp.keep_source_outside_makeup(face.source, made, face.mask, weights)
+        assert np.array_equal(read_rgb(out / "target" / f"{record['name']}.png"), expected)
+
+
+def test_a_write_error_stops_the_run_and_no_line_names_an_unwritten_pair(inputs, accelerator, tmp_path, monkeypatch):
+    written = []
+    write_pair = amp.write_pair
+
+    def failing_write(out_dir, name, face, target):
+        if len(written) == 2:
+            raise OSError(f"disk full writing {name}")
+        write_pair(out_dir, name, face, target)
+        written.append(name)
+
+    monkeypatch.setattr(amp, "write_pair", failing_write)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        run_fake(inputs, out, accelerator)
+    lines = (out / amplify_manifest.SHARD_DIR / "rank000.jsonl").read_text().splitlines()
+    ok = [json.loads(line)["name"] for line in lines if json.loads(line)["status"] == "ok"]
+    assert ok == written  # the two finished pairs, in plan order; nothing for the failed one or after it
+    monkeypatch.setattr(amp, "write_pair", write_pair)
+    summary = run_fake(inputs, out, accelerator)  # a rerun resumes from there
+    assert summary["resumed"] == 2 and summary["remaining"] == 0
+    run_fake(inputs, tmp_path / "reference", accelerator)
+    assert pair_bytes(out) == pair_bytes(tmp_path / "reference")
 
 
 def test_stop_and_resume_gives_the_same_set(inputs, accelerator, tmp_path):

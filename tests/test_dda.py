@@ -334,3 +334,39 @@ def test_bad_data_messages(tiny_sd, tmp_path):
     Image.new("RGB", (RES + 8, RES)).save(root / "target" / "face000.png")
     with pytest.raises(MakeupError, match="face000.*same size"):
         dda_training.main(cli_config(tiny_sd, root, tmp_path / "o2"))
+
+
+@pytest.mark.slow
+def test_latent_cache_gives_the_same_steps_bit_for_bit_and_encodes_each_image_once(tiny_sd, pairs5):
+    """Stage 2's latent cache: the same losses and LoRA weights as encoding every step, with flips."""
+    from torch.utils.data import DataLoader
+
+    from data.paired import PairedDataset, scan_pairs
+    from losses.dda import DDALoss
+    from models.dda_optim import LatentCache, build_optimizer, prepare_training, train_step
+
+    dataset = PairedDataset(scan_pairs(pairs5).pairs, size=RES, hflip=True, cache=True)
+
+    def run(cache):
+        dda = prepare_training(make_dda(tiny_sd, seed=0)).train()  # seeds torch: same shuffles, flips and noise
+        optimizer = build_optimizer(dda, 1e-3, 1e-3)
+        scaler, loss_fn = torch.amp.GradScaler("cpu", enabled=False), DDALoss()
+        encodes = []
+        encode = dda.encode
+        dda.encode = lambda images: encodes.append(len(images)) or encode(images)
+        losses = [
+            train_step(dda, batch, loss_fn, optimizer, scaler, 1.0, False, cache).terms["total"]
+            for _ in range(4)
+            for batch in DataLoader(dataset, batch_size=1, shuffle=True)
+        ]
+        lora = {n: p.detach().clone() for n, p in dda.unet.named_parameters() if "lora_" in n}
+        return losses, lora, sum(encodes)
+
+    plain_losses, plain_lora, plain_encodes = run(None)
+    cache = LatentCache()
+    cached_losses, cached_lora, cached_encodes = run(cache)
+    assert cached_losses == plain_losses
+    assert all(torch.equal(cached_lora[n], plain_lora[n]) for n in plain_lora)
+    assert plain_encodes == 2 * 20  # source and target, every step
+    # Each pair's source and target once per flip seen: at most 5 pairs x 2 flips x 2 images.
+    assert cached_encodes == cache.encoded <= 20 and cache.encoded + cache.reused == 40 and cache.reused >= 20

@@ -4,7 +4,9 @@
 
 A sample face goes in through the page's file input; the page's canvases are read back and checked
 against ONNX Runtime in Python on the crop the page fed its model, and against data/face_align.py's
-paste-back. Needs Chromium (Debian's `chromium`) and web/'s npm packages (scripts/setup_web.sh):
+paste-back. Served with two stand-in styles, the page opens on the bundled sample made up (the lips
+changed, nothing outside the face), the style menu switches the makeup in place, and a phone photo
+(EXIF orientation 6) is shown upright. Needs Chromium (Debian's `chromium`) and web/'s npm packages (scripts/setup_web.sh):
 without them every test here is skipped with the reason ("browser test skipped: ..."), except under
 CI (CI=true), where it fails instead, since .ci/run installs both.
 """
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.io import read_rgb
 from tests.conftest import SAMPLE_FACES
 from web import page_driver
 
@@ -27,17 +30,24 @@ MAX_DIFF = 2  # grey levels: 2/255, onnxruntime-web's WASM kernels against ORT's
 
 
 @pytest.fixture(scope="module")
-def browser_page(tmp_path_factory):
-    """The page served with an int8 stand-in model, open in headless Chromium with a fake webcam."""
+def browser(tmp_path_factory):
+    """Headless Chromium with a fake webcam playing the sample face (one Playwright per thread: shared here)."""
     reason = page_driver.missing()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"browser test cannot run in CI: {reason}")
         pytest.skip(f"browser test skipped: {reason}")
+    webcam = page_driver.fake_webcam_video(FACE, tmp_path_factory.mktemp("webcam") / "webcam.y4m")
+    with page_driver.chromium(webcam) as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser, tmp_path_factory):
+    """The page served with an int8 stand-in model, open in headless Chromium with a fake webcam."""
     tmp = tmp_path_factory.mktemp("web")
     int8 = page_driver.stand_in_model(tmp / "export")
-    webcam = page_driver.fake_webcam_video(FACE, tmp / "webcam.y4m")
-    with page_driver.serve([int8], tmp / "serve.log") as url, page_driver.chromium(webcam) as browser:
+    with page_driver.serve([int8], tmp / "serve.log") as url:
         page = page_driver.open_page(browser, url)
         yield page, int8
 
@@ -160,3 +170,89 @@ def test_photo_without_a_face_comes_back_unchanged(uploaded, tmp_path):
     last = page_driver.upload(page, tmp_path / "noface.png")
     assert last["faces"] == [] and "0 faces found" in page.inner_text("#status")
     assert np.array_equal(page_driver.read_canvas(page, "after"), page_driver.read_canvas(page, "before"))
+
+
+# -------------------------------------------------------------------------------------------------
+# The page opens ready: the styles in its menu, the sample photo made up on load, styles switched in place.
+
+
+@pytest.fixture(scope="module")
+def styled_page(browser, tmp_path_factory):
+    """The page served with two stand-in styles (web/serve.py --styles), whose outputs differ: a warm tint and a
+    reddening one; opened without a photo chosen."""
+    tmp = tmp_path_factory.mktemp("styled")
+    styles = tmp / "styles"
+    page_driver.stand_in_style(styles, "a_warm", seed=0, tint=page_driver.WARM_TINT)
+    page_driver.stand_in_style(styles, "b_red", seed=1, tint=page_driver.RED_TINT)
+    with page_driver.serve([], tmp / "serve.log", styles=styles) as url:
+        page = page_driver.open_page(browser, url)
+        yield page, styles
+
+
+def lips_and_outside(before: np.ndarray, face: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean maps of the photo: the lips (data/face_parsing.py on the page's own photo) and the pixels outside
+    the face's crop square, which paste-back must leave exactly as they were."""
+    from data.face_parsing import MAKEUP_LIPS, FaceParser
+
+    with FaceParser() as parser:
+        lips = parser.parse(before).makeup == MAKEUP_LIPS
+    matrix = np.array(face["matrix"], np.float64).reshape(2, 3)
+    ys, xs = np.mgrid[: before.shape[0], : before.shape[1]]
+    u, v = (matrix[i, 0] * xs + matrix[i, 1] * ys + matrix[i, 2] for i in (0, 1))
+    return lips, (u <= -1) | (v <= -1) | (u >= 256) | (v >= 256)
+
+
+def test_page_opens_on_the_sample_made_up_with_the_first_style(styled_page):
+    page, styles = styled_page
+    options = page.eval_on_selector_all("#model option", "els => els.map(e => [e.textContent, e.value])")
+    assert options == [
+        ["Stand-in a_warm", "styles/a_warm/tinybeauty_fp32.onnx"],
+        ["Stand-in b_red", "styles/b_red/tinybeauty_fp32.onnx"],
+    ]
+    state = page_driver.check(page)
+    last = state["last"]
+    assert state["sample"] == "shown" and last["source"] == "sample:sample.jpg"  # no photo was chosen
+    assert last["model"] == options[0][1] and len(last["faces"]) == 1
+    assert page.is_visible("#credit")  # the sample's licence, shown with it
+    before, after = page_driver.read_canvas(page, "before"), page_driver.read_canvas(page, "after")
+    assert before.shape == read_rgb(SAMPLE_FACES / "AF1.jpg").shape
+    lips, outside = lips_and_outside(before, last["faces"][0])
+    change = np.abs(after.astype(int) - before.astype(int)).max(-1)
+    assert lips.sum() > 500 and change[lips].mean() > 5, f"lips changed by {change[lips].mean():.1f} grey levels"
+    assert outside.mean() > 0.1 and np.array_equal(after[outside], before[outside])
+
+
+def test_switching_the_style_changes_the_output_in_place(styled_page):
+    page, _ = styled_page
+    first = page_driver.check(page)["last"]
+    before = page_driver.read_canvas(page, "before")
+    warm = page_driver.read_canvas(page, "after").astype(int)
+    last = page_driver.choose_style(page, "styles/b_red/tinybeauty_fp32.onnx")
+    assert last["source"] == first["source"] and last["run"] > first["run"]  # the same photo, made again
+    assert "model=styles%2Fb_red" in page.url or "model=styles/b_red" in page.url  # the URL says which style
+    red = page_driver.read_canvas(page, "after").astype(int)
+    assert np.array_equal(page_driver.read_canvas(page, "before"), before)
+    lips, outside = lips_and_outside(before, last["faces"][0])
+    assert np.abs(red - warm)[lips].mean() > 5
+    redness = (red[..., 0] - red[..., 1])[lips].mean() - (warm[..., 0] - warm[..., 1])[lips].mean()
+    assert redness > 5, f"the reddening style is only {redness:.1f} grey levels redder on the lips"
+    assert np.array_equal(red[outside], before[outside])
+    page_driver.choose_style(page, "styles/a_warm/tinybeauty_fp32.onnx")
+    assert np.array_equal(page_driver.read_canvas(page, "after"), warm)  # and back: the same pixels
+
+
+def test_a_phone_photo_is_shown_upright(styled_page, tmp_path):
+    """A JPEG stored turned with EXIF orientation 6 (as phones write them) is decoded upright in the page."""
+    from PIL import Image
+
+    page, _ = styled_page
+    upright = Image.new("RGB", (360, 480), (200, 205, 210))
+    upright.paste(Image.open(SAMPLE_FACES / "CF3.jpg").convert("RGB"), (5, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to view": the pixels are stored turned the other way
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", quality=95, exif=exif.tobytes())
+    last = page_driver.upload(page, tmp_path / "phone.jpg")
+    shown = page_driver.read_canvas(page, "before").astype(int)
+    assert (last["width"], last["height"]) == upright.size and len(last["faces"]) == 1
+    assert np.abs(shown - read_rgb(tmp_path / "phone.jpg")).mean() < 3  # as data.io.read_rgb turns it
+    assert np.abs(shown - np.asarray(upright)).mean() < 3

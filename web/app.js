@@ -1,10 +1,17 @@
 // TinyBeauty in the browser: find the face, crop it as in training, run the exported ONNX with
 // onnxruntime-web (WASM) and paste the change back into the full frame, for a photo or the webcam.
 //
-// URL parameters: model=URL (an exported TinyBeauty ONNX, default models/tinybeauty_int8.onnx or the
-// first one serve.py lists in models.json), threads=N (WASM threads; more than 1 needs the
-// cross-origin isolation that serve.py sets up), framing=oval (skip the face detector: a fixed
-// centre crop with an oval guide).
+// It opens ready: the style menu lists what serve.py offers in models.json (the shipped styles of
+// weights/styles/, deploy/styles.py), and the bundled sample photo (sample.jpg, also from serve.py) is
+// shown made up as soon as the model has loaded; a chosen photo or the webcam replaces it. Photos are
+// decoded upright (their EXIF orientation applied, as data/io.read_rgb does in Python).
+//
+// URL parameters: model=URL (an exported TinyBeauty ONNX, default the first entry of models.json, else
+// models/tinybeauty_fp32.onnx), photo=URL (the photo shown on load, default sample.jpg; photo=none: none),
+// threads=N (WASM threads; more than 1 needs the cross-origin isolation that serve.py sets up; default
+// one core fewer than the machine has, at most 4), backend=auto|wasm|webgpu (auto: WebGPU where the
+// browser has a GPU adapter that is not a software fallback, else WASM), framing=oval (skip the face
+// detector: a fixed centre crop with an oval guide).
 //
 // The pipeline is photo mode's (tinybeauty_inference.py --full-photo, data/face_align.py), in the
 // same pixel conventions, so tests/test_web.py can redo it in Python from what the page exposes on
@@ -13,11 +20,12 @@
 //   the photo -> crop affine is cv2's (pixel indices, getRotationMatrix2D);
 // - the model sees the crop as RGB planes in [-1, 1]; its output is rounded to uint8;
 // - paste-back adds (output - crop) warped back bilinearly under FaceAligner's feathered mask.
-import * as ort from "onnxruntime-web";
 import { FaceDetector, FilesetResolver } from "@mediapipe/tasks-vision";
 
 const params = new URLSearchParams(location.search);
-const DEFAULT_MODEL = "models/tinybeauty_int8.onnx";
+// fp32: in WASM about 3x faster than the int8 export (bench/results/web_bench.json), and exact.
+const DEFAULT_MODEL = "models/tinybeauty_fp32.onnx";
+const SAMPLE_PHOTO = "sample.jpg"; // serve.py serves a bundled face here (data/samples/faces/)
 // The short-range BlazeFace from the mediapipe 0.10.21 wheel (scripts/setup_web.sh copies it here).
 // Photo mode tries the full-range model first, but MediaPipe Tasks' face detector decodes only the
 // short-range model's 896 anchors (the full-range one stops it: "2304 vs. 896"); short range is the
@@ -50,14 +58,18 @@ const state = {
   size: 256,
   hasIntensity: false, // `intensity` fed to the model; otherwise the page blends with the same formula
   threads: 1,
+  backend: "wasm", // "wasm" or "webgpu": where the model runs
+  models: [], // the style menu: [{name, url}] from models.json
+  sample: null, // the photo shown on load: null while loading, then "shown" or "none"
   framing: params.get("framing") === "oval" ? "oval" : "detector",
   detectorError: null, // why the page fell back to the oval guide, if it did
   intensity: 1,
-  source: null, // "upload:NAME" or "webcam"
+  source: null, // "sample:NAME", "upload:NAME" or "webcam"
   runs: 0,
   last: null, // {source, intensity, faces: [{box, angle, score, matrix}], inferenceMs, frameMs, ...}
   webcamMs: [], // the webcam's last 30 frame times, for the running median
 };
+let ort = null; // onnxruntime-web: its WASM build, or its WebGPU build where a GPU is used
 let session = null;
 let detector = null;
 let detectorMode = "IMAGE";
@@ -85,34 +97,71 @@ async function listModels() {
   }
   const wanted = params.get("model") || (listed[0] && listed[0].url) || DEFAULT_MODEL;
   if (!listed.some((m) => m.url === wanted)) listed.push({ name: wanted.split("/").pop(), url: wanted });
+  state.models = listed;
   const select = $("model");
   for (const { name, url } of listed) select.add(new Option(name, url, false, url === wanted));
-  select.addEventListener("change", () => {
-    params.set("model", select.value);
-    location.search = params.toString(); // a new session from scratch; the URL says which style
-  });
+  // Another style: a new session, then the frame on screen again (the webcam goes on with it).
+  select.addEventListener("change", () => switchModel(select.value).catch(fail));
   return wanted;
 }
 
-async function loadModel(url) {
+async function chooseBackend() {
+  // WebGPU where the browser offers a real GPU; a software adapter (SwiftShader) is slower than WASM.
+  const wanted = params.get("backend") || "auto";
+  if (wanted === "wasm" || !navigator.gpu) return "wasm";
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    const software = !adapter || adapter.isFallbackAdapter || adapter.info?.isFallbackAdapter
+      || adapter.info?.architecture === "swiftshader";
+    return adapter && (wanted === "webgpu" || !software) ? "webgpu" : "wasm";
+  } catch {
+    return "wasm";
+  }
+}
+
+async function initRuntime() {
+  state.backend = await chooseBackend();
+  ort = await import(state.backend === "webgpu" ? "onnxruntime-web/webgpu" : "onnxruntime-web");
   // Absolute: ORT resolves a relative wasmPaths against its own script, not the page.
   ort.env.wasm.wasmPaths = new URL("node_modules/onnxruntime-web/dist/", document.baseURI).href;
-  // Threads need SharedArrayBuffer, which browsers give only to cross-origin isolated pages.
-  const cores = Math.min(4, navigator.hardwareConcurrency || 1);
-  state.threads = Number(params.get("threads")) || (self.crossOriginIsolated ? cores : 1);
-  ort.env.wasm.numThreads = state.threads;
-  session = await ort.InferenceSession.create(url, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
-  const shape = session.inputMetadata?.find((m) => m.name === "source")?.shape;
-  if (shape && Number.isInteger(shape[2])) state.size = shape[2];
-  cropCanvas.width = cropCanvas.height = state.size;
+  // Threads need SharedArrayBuffer, which browsers give only to cross-origin isolated pages (serve.py).
+  // One core is left to the page's own work (detection, paste-back) and the browser's: on the 2 loaded
+  // cores this was measured, 2 WASM threads ran the model slower than 1 (bench/results/web_bench.json).
+  const cores = navigator.hardwareConcurrency || 1;
+  const fallback = self.crossOriginIsolated ? Math.max(1, Math.min(4, cores - 1)) : 1;
+  state.threads = Number(params.get("threads")) || fallback;
+  ort.env.wasm.numThreads = state.threads; // read once, when the first session starts
+}
+
+async function loadModel(url) {
+  const providers = state.backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"];
+  const next = await ort.InferenceSession.create(url, { executionProviders: providers,
+    graphOptimizationLevel: "all" });
+  const shape = next.inputMetadata?.find((m) => m.name === "source")?.shape;
+  const size = shape && Number.isInteger(shape[2]) ? shape[2] : 256;
   // tinybeauty_export.py's `intensity` is an input with a default (it is also an initializer), and
   // onnxruntime-web accepts feeds only for the inputs it lists, which leave such inputs out ("invalid
   // input 'intensity'", 1.30). So the page blends in JavaScript, with the graph's formula; a model
   // whose `intensity` is a plain input gets it fed instead.
-  state.hasIntensity = session.inputNames.includes("intensity");
-  const zeros = new Float32Array(3 * state.size * state.size);
-  await session.run({ source: new ort.Tensor("float32", zeros, [1, 3, state.size, state.size]) }); // warm-up
+  const zeros = new Float32Array(3 * size * size);
+  await next.run({ source: new ort.Tensor("float32", zeros, [1, 3, size, size]) }); // warm-up
+  const previous = session;
+  session = next;
+  state.size = size;
+  cropCanvas.width = cropCanvas.height = size;
+  state.hasIntensity = next.inputNames.includes("intensity");
   state.model = url;
+  if (previous) await previous.release();
+}
+
+async function switchModel(url) {
+  setStatus(`loading ${url.split("/").pop()}…`);
+  params.set("model", url);
+  history.replaceState(null, "", `?${params}`); // the URL says which style, for a reload or a link
+  // Between frames: a frame in flight finishes with the old session, the next one runs the new.
+  frames = frames.catch(() => {}).then(() => loadModel(url));
+  await frames;
+  if (state.source && state.source !== "webcam") await rerun();
 }
 
 async function loadDetector() {
@@ -217,36 +266,47 @@ function cropFace(matrix) {
 // ---------------------------------------------------------------------------------------------
 // The model and the paste-back.
 
+let modelSource = null; // runModel's input planes and output pixels, reused frame to frame
+let modelMade = null;
+
 async function runModel(crop, intensity) {
-  const n = state.size * state.size;
-  const source = new Float32Array(3 * n); // (1, 3, S, S) RGB planes in [-1, 1], as common.from_uint8
+  const size = state.size;
+  const n = size * size;
+  if (!modelSource || modelSource.length !== 3 * n) {
+    modelSource = new Float32Array(3 * n);
+    modelMade = new ImageData(size, size);
+  }
+  const source = modelSource; // (1, 3, S, S) RGB planes in [-1, 1], as common.from_uint8
   const pixels = crop.data;
   for (let i = 0, j = 0; i < n; i++, j += 4) {
     source[i] = pixels[j] / 127.5 - 1;
     source[n + i] = pixels[j + 1] / 127.5 - 1;
     source[2 * n + i] = pixels[j + 2] / 127.5 - 1;
   }
-  const feeds = { source: new ort.Tensor("float32", source, [1, 3, state.size, state.size]) };
+  const feeds = { source: new ort.Tensor("float32", source, [1, 3, size, size]) };
   if (state.hasIntensity) feeds.intensity = new ort.Tensor("float32", new Float32Array([intensity]), []);
   const start = performance.now();
   const output = (await session.run(feeds))[session.outputNames[0]].data;
   const inferenceMs = performance.now() - start;
   // Otherwise the graph's blend here: clamp(source + k x (output - source)); k = 0 gives the source
-  // back exactly, k = 1 the output (the float32 difference is exact in float64).
+  // back exactly, k = 1 the output (the float32 difference is exact in float64). The clamp to [-1, 1]
+  // and common.to_uint8's rounding (half to even, as torch.round) are the Uint8ClampedArray's own.
   const k = state.hasIntensity ? 1 : intensity;
-  const made = new ImageData(state.size, state.size);
+  const made = modelMade.data;
   for (let i = 0, j = 0; i < n; i++, j += 4) {
-    for (let ch = 0; ch < 3; ch++) {
-      const s = source[ch * n + i];
-      const value = Math.min(1, Math.max(-1, s + k * (output[ch * n + i] - s)));
-      made.data[j + ch] = Math.round((value + 1) * 127.5); // common.to_uint8
-    }
-    made.data[j + 3] = 255;
+    const r = source[i];
+    const g = source[n + i];
+    const b = source[2 * n + i];
+    made[j] = (r + k * (output[i] - r) + 1) * 127.5;
+    made[j + 1] = (g + k * (output[n + i] - g) + 1) * 127.5;
+    made[j + 2] = (b + k * (output[2 * n + i] - b) + 1) * 127.5;
+    made[j + 3] = 255;
   }
-  return { made, inferenceMs };
+  return { made: modelMade, inferenceMs };
 }
 
 let featherCache = null;
+let pasteTexels = null; // pasteBack's (S, S, 4) feather-and-change buffer, reused frame to frame
 function featherMask(size) {
   // data/face_align.feather_mask: 1 inside, a cosine ramp to 0 over the outer FEATHER x size pixels.
   if (featherCache && featherCache.size === size) return featherCache.mask;
@@ -274,14 +334,28 @@ function pasteBack(ctx, crop, made, matrix) {
   const x1 = Math.min(Math.ceil(Math.max(...corners.map((p) => p[0]))) + 1, before.width);
   const y1 = Math.min(Math.ceil(Math.max(...corners.map((p) => p[1]))) + 1, before.height);
   if (x1 <= x0 || y1 <= y0) return;
-  const change = new Float32Array(3 * size * size); // (S, S, 3) interleaved, in grey levels
-  for (let i = 0, j = 0; i < size * size; i++, j += 4) {
-    for (let ch = 0; ch < 3; ch++) change[3 * i + ch] = made.data[j + ch] - crop.data[j + ch];
-  }
+  const n = size * size;
+  // Per crop pixel, its feather weight and the change the model made there, side by side (one cache line
+  // per tap): [mask, R, G, B] in grey levels.
+  if (!pasteTexels || pasteTexels.length !== 4 * n) pasteTexels = new Float32Array(4 * n);
+  const texels = pasteTexels;
   const mask = featherMask(size);
-  const roi = ctx.getImageData(x0, y0, x1 - x0, y1 - y0);
+  const madeData = made.data;
+  const cropData = crop.data;
+  for (let i = 0, j = 0; i < n; i++, j += 4) {
+    texels[j] = mask[i];
+    texels[j + 1] = madeData[j] - cropData[j];
+    texels[j + 2] = madeData[j + 1] - cropData[j + 1];
+    texels[j + 3] = madeData[j + 2] - cropData[j + 2];
+  }
+  const width = x1 - x0;
+  const roi = ctx.getImageData(x0, y0, width, y1 - y0);
+  const data = roi.data;
   const [a, b, c, d, e, f] = matrix;
-  const sum = [0, 0, 0];
+  const row = 4 * size;
+  // The four bilinear taps unrolled, in the order (0,0) (1,0) (0,1) (1,1), with no allocation per pixel: this
+  // loop is most of the frame's JavaScript (a 640x480 face: 0.2 M pixels). Inside the crop every tap exists
+  // and a tap of weight 0 adds exactly 0; at its edge the taps outside are left out, as cv2.warpAffine does.
   for (let y = y0; y < y1; y++) {
     for (let x = x0; x < x1; x++) {
       const u = a * x + b * y + c; // where this frame pixel falls in the crop
@@ -291,22 +365,39 @@ function pasteBack(ctx, crop, made, matrix) {
       const vi = Math.floor(v);
       const fu = u - ui;
       const fv = v - vi;
-      let alpha = 0;
-      sum[0] = sum[1] = sum[2] = 0;
-      const taps = [[0, 0, (1 - fu) * (1 - fv)], [1, 0, fu * (1 - fv)], [0, 1, (1 - fu) * fv], [1, 1, fu * fv]];
-      for (const [du, dv, w] of taps) {
-        const px = ui + du;
-        const py = vi + dv;
-        if (px < 0 || py < 0 || px >= size || py >= size || w === 0) continue;
-        const k = py * size + px;
-        alpha += w * mask[k];
-        sum[0] += w * change[3 * k];
-        sum[1] += w * change[3 * k + 1];
-        sum[2] += w * change[3 * k + 2];
+      const w00 = (1 - fu) * (1 - fv);
+      const w10 = fu * (1 - fv);
+      const w01 = (1 - fu) * fv;
+      const w11 = fu * fv;
+      let alpha;
+      let s0;
+      let s1;
+      let s2;
+      if (ui >= 0 && vi >= 0 && ui < size - 1 && vi < size - 1) {
+        const k = 4 * (vi * size + ui);
+        const l = k + row;
+        alpha = w00 * texels[k] + w10 * texels[k + 4] + w01 * texels[l] + w11 * texels[l + 4];
+        s0 = w00 * texels[k + 1] + w10 * texels[k + 5] + w01 * texels[l + 1] + w11 * texels[l + 5];
+        s1 = w00 * texels[k + 2] + w10 * texels[k + 6] + w01 * texels[l + 2] + w11 * texels[l + 6];
+        s2 = w00 * texels[k + 3] + w10 * texels[k + 7] + w01 * texels[l + 3] + w11 * texels[l + 7];
+      } else {
+        alpha = s0 = s1 = s2 = 0;
+        for (const [du, dv, w] of [[0, 0, w00], [1, 0, w10], [0, 1, w01], [1, 1, w11]]) {
+          const px = ui + du;
+          const py = vi + dv;
+          if (px < 0 || py < 0 || px >= size || py >= size || w === 0) continue;
+          const k = 4 * (py * size + px);
+          alpha += w * texels[k];
+          s0 += w * texels[k + 1];
+          s1 += w * texels[k + 2];
+          s2 += w * texels[k + 3];
+        }
       }
       if (alpha === 0) continue;
-      const o = 4 * ((y - y0) * (x1 - x0) + (x - x0));
-      for (let ch = 0; ch < 3; ch++) roi.data[o + ch] = Math.round(roi.data[o + ch] + sum[ch] * alpha);
+      const o = 4 * ((y - y0) * width + (x - x0));
+      data[o] = Math.round(data[o] + s0 * alpha);
+      data[o + 1] = Math.round(data[o + 1] + s1 * alpha);
+      data[o + 2] = Math.round(data[o + 2] + s2 * alpha);
     }
   }
   ctx.putImageData(roi, x0, y0);
@@ -321,20 +412,28 @@ function processFrame(timestamp) {
 }
 
 async function runFrame(timestamp) {
+  // The frame's own time, in parts: detection, crop, model (inferenceMs: session.run alone; modelMs with
+  // the planes in and the pixels out), paste-back. frameMs is all of it, the overlay included.
   const start = performance.now();
-  const { source, intensity } = state; // what this frame is of, whatever changes while it runs
+  const { source, intensity, model } = state; // what this frame is of, whatever changes while it runs
   const still = timestamp === undefined;
   const faces = still && stillFaces ? stillFaces : findFaces(timestamp);
   if (still) stillFaces = faces;
   const detectMs = performance.now() - start;
   const ctx = context(after);
   ctx.drawImage(before, 0, 0);
-  let inferenceMs = 0;
+  const parts = { cropMs: 0, inferenceMs: 0, modelMs: 0, pasteMs: 0 };
   for (const [index, face] of faces.entries()) {
+    let mark = performance.now();
     const crop = cropFace(face.matrix);
-    const { made, inferenceMs: ms } = await runModel(crop, intensity);
-    inferenceMs += ms;
+    parts.cropMs += performance.now() - mark;
+    mark = performance.now();
+    const { made, inferenceMs } = await runModel(crop, intensity);
+    parts.modelMs += performance.now() - mark;
+    parts.inferenceMs += inferenceMs;
+    mark = performance.now();
     pasteBack(ctx, crop, made, face.matrix);
+    parts.pasteMs += performance.now() - mark;
     if (index === 0) {
       context($("crop-before")).putImageData(crop, 0, 0);
       context($("crop-after")).putImageData(made, 0, 0);
@@ -343,15 +442,18 @@ async function runFrame(timestamp) {
   drawOverlay(faces);
   const frameMs = performance.now() - start;
   state.runs += 1;
-  state.last = { run: state.runs, source, intensity, faces, detectMs, inferenceMs, frameMs, width: before.width,
+  state.last = { run: state.runs, source, intensity, model, faces, detectMs, ...parts, frameMs, width: before.width,
     height: before.height };
   showTiming(state.last);
 }
 
 function drawOverlay(faces) {
-  overlay.width = before.width;
-  overlay.height = before.height;
+  if (overlay.width !== before.width || overlay.height !== before.height) {
+    overlay.width = before.width; // resizing clears it, and allocates it anew: only when the frame's size changes
+    overlay.height = before.height;
+  }
   const ctx = overlay.getContext("2d");
+  ctx.clearRect(0, 0, overlay.width, overlay.height);
   ctx.lineWidth = Math.max(2, before.width / 300);
   for (const face of faces) {
     const [x0, y0, x1, y1] = face.box;
@@ -368,7 +470,7 @@ function drawOverlay(faces) {
 }
 
 function showTiming({ source, intensity, faces, inferenceMs, frameMs }) {
-  const where = `WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`;
+  const where = state.backend === "webgpu" ? "WebGPU" : `WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`;
   let text = `model ${inferenceMs.toFixed(1)} ms · frame ${frameMs.toFixed(1)} ms · ${where}`;
   if (source === "webcam") {
     const recent = state.webcamMs;
@@ -380,8 +482,10 @@ function showTiming({ source, intensity, faces, inferenceMs, frameMs }) {
   $("timing").textContent = text;
   const n = faces.length;
   const found = state.framing === "oval" ? "oval guide (fixed crop)" : `${n} face${n === 1 ? "" : "s"} found`;
-  const model = state.model.split("/").pop();
-  setStatus(`${source.replace("upload:", "")}: ${found} · ${model} · intensity ${intensity.toFixed(2)}`);
+  const listed = state.models.find((m) => m.url === state.model);
+  const model = listed ? listed.name : state.model.split("/").pop();
+  const shown = source.startsWith("sample:") ? "sample photo" : source.replace(/^upload:/, "");
+  setStatus(`${shown}: ${found} · ${model} · intensity ${intensity.toFixed(2)}`);
 }
 
 async function rerun() {
@@ -412,19 +516,40 @@ function showFrame(width, height) {
   $("viewer").hidden = false;
 }
 
-async function openPhoto(file) {
+async function showPhoto(blob, source) {
   stopWebcam();
-  const bitmap = await createImageBitmap(file); // EXIF orientation applied
+  // Upright, as a photo viewer shows it: the EXIF orientation applied (the default in current browsers,
+  // asked for here by name).
+  const bitmap = await createImageBitmap(blob, { imageOrientation: "from-image" });
   showFrame(bitmap.width, bitmap.height);
   context(before).drawImage(bitmap, 0, 0);
   bitmap.close();
-  state.source = `upload:${file.name}`;
+  state.source = source;
   stillFaces = null;
   await rerun();
 }
 
+async function openPhoto(file) {
+  $("credit").hidden = true;
+  await showPhoto(file, `upload:${file.name}`);
+}
+
+async function openSample() {
+  // The bundled sample, made up as soon as the page is ready; none under a plain http.server.
+  const url = params.get("photo") || SAMPLE_PHOTO;
+  const response = url === "none" ? null : await fetch(url).catch(() => null);
+  if (!response?.ok) {
+    state.sample = "none";
+    return;
+  }
+  await showPhoto(await response.blob(), `sample:${url.split("/").pop()}`);
+  $("credit").hidden = url !== SAMPLE_PHOTO;
+  state.sample = "shown";
+}
+
 async function startWebcam() {
   if (webcamStream) return stopWebcam();
+  $("credit").hidden = true;
   // Browsers give the camera only to secure pages: https, or http://localhost on this device.
   if (!navigator.mediaDevices?.getUserMedia) {
     throw new Error("no camera access here: open the page over https or on localhost");
@@ -456,14 +581,14 @@ function stopWebcam() {
 }
 
 async function benchmark(frames = 30) {
-  // Times `frames` frames of the photo on screen as the webcam would run them (detection each time).
-  const times = { detectMs: [], inferenceMs: [], frameMs: [] };
+  // Times `frames` frames of the photo on screen as the webcam would run them (detection each time);
+  // each part's times, frame by frame (bench/web_bench.py pools them over its rounds).
+  const times = { detectMs: [], cropMs: [], inferenceMs: [], modelMs: [], pasteMs: [], frameMs: [] };
   for (let i = 0; i < frames; i++) {
     await processFrame(performance.now());
     for (const key of Object.keys(times)) times[key].push(state.last[key]);
   }
-  const median = (xs) => [...xs].sort((p, q) => p - q)[Math.floor(xs.length / 2)];
-  return Object.fromEntries(Object.entries(times).map(([key, xs]) => [key, median(xs)]));
+  return times;
 }
 
 function fail(err) {
@@ -501,6 +626,7 @@ function wireControls() {
 
 async function main() {
   wireControls();
+  await initRuntime();
   const model = await listModels();
   setStatus(`loading ${model}…`);
   await Promise.all([loadModel(model), loadDetector()]);
@@ -508,6 +634,7 @@ async function main() {
   const framing = state.framing === "oval" ? "oval guide (no face detector)" : "face detector";
   const name = model.split("/").pop();
   setStatus(`ready: ${name} (${state.size}x${state.size}), ${framing}. Choose a photo or the webcam.`);
+  await openSample();
 }
 
 window.tinybeauty = { state, benchmark, ready: main().catch((err) => fail(`could not load: ${err?.message || err}`)) };

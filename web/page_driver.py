@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import from_uint8
+from common import REPO_ROOT, from_uint8, load_config
 from data.io import read_rgb, resize_rgb
 from deploy.onnx_export import export_onnx, quantize_int8
+from deploy.styles import write_style
 from models.tinybeauty import TinyBeauty
 
 WEB = Path(__file__).resolve().parent
@@ -34,6 +35,7 @@ NEEDED = {
     WEB / "node_modules/@mediapipe/tasks-vision/wasm": "web/'s npm packages (bash scripts/setup_web.sh)",
     WEB / "models/face_detection_short_range.tflite": "the face detector (bash scripts/setup_web.sh)",
 }
+TINYBEAUTY_CONFIG = REPO_ROOT / "configs" / "tinybeauty.yaml"
 TIMEOUT_MS = 90_000  # WASM compile and model load on two busy cores
 
 
@@ -48,11 +50,16 @@ def missing() -> str | None:
 
 
 @contextmanager
-def serve(models: list[Path], log: Path) -> Iterator[str]:
-    """web/serve.py on a free loopback port with `models` offered; yields the page's URL."""
+def serve(models: list[Path], log: Path, styles: Path | None = None, sample: Path | None = None) -> Iterator[str]:
+    """web/serve.py on a free loopback port with `models` offered, and the styles under `styles` (None: an
+    empty folder, so the shipped styles do not enter a test); yields the page's URL."""
+    if styles is None:
+        styles = log.parent / "no_styles"
+        styles.mkdir(exist_ok=True)
+    extra = [f"--styles={styles}"] + ([f"--sample={sample}"] if sample else [])
     with open(log, "w") as stderr:
         server = subprocess.Popen(
-            [sys.executable, str(WEB / "serve.py"), "--port", "0", "--quiet", *(f"--model={m}" for m in models)],
+            [sys.executable, str(WEB / "serve.py"), "--port", "0", "--quiet", *extra, *(f"--model={m}" for m in models)],
             stdout=subprocess.PIPE, stderr=stderr, text=True,
         )  # fmt: skip
         try:
@@ -83,13 +90,25 @@ def chromium(fake_webcam: Path | None = None):
 
 
 def open_page(browser, url: str, query: str = "", viewport: tuple[int, int] = (1000, 820)):
-    """A new tab on the page, once its model and face detector have loaded."""
+    """A new tab on the page, once its model and face detector have loaded and its sample photo (if any) is
+    made up."""
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url + query)
-    page.wait_for_function("() => window.tinybeauty && (tinybeauty.state.ready || tinybeauty.state.error)")
+    page.wait_for_function(
+        "() => window.tinybeauty && ((tinybeauty.state.ready && tinybeauty.state.sample !== null) || tinybeauty.state.error)"
+    )
     check(page)
     return page
+
+
+def choose_style(page, url: str) -> dict:
+    """Pick `url` in the style menu as a person would, and wait for the frame made with it; returns state.last."""
+    page.select_option("#model", url)
+    page.wait_for_function(
+        "url => tinybeauty.state.error || (tinybeauty.state.last && tinybeauty.state.last.model === url)", arg=url
+    )
+    return check(page)["last"]
 
 
 def check(page) -> dict:
@@ -102,6 +121,7 @@ def check(page) -> dict:
 
 def upload(page, photo: Path) -> dict:
     """Choose `photo` in the page's file input and wait for its frame; returns state.last."""
+    page.set_input_files("#upload", [])  # so that choosing the same file again is a change too
     page.set_input_files("#upload", str(photo))
     return wait_for_frame(page, f"upload:{photo.name}", None)
 
@@ -128,19 +148,37 @@ def read_canvas(page, canvas_id: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
 
 
-def stand_in_model(folder: Path, seed: int = 0) -> Path:
+WARM_TINT = (0.12, -0.06, 0.04)  # stand_in_model's default head bias: a warm tint, to see where it pasted
+RED_TINT = (0.3, -0.12, -0.08)  # a reddening one, for a second stand-in style that differs visibly
+
+
+def stand_in_model(folder: Path, seed: int = 0, tint: tuple[float, float, float] = WARM_TINT) -> Path:
     """An untrained TinyBeauty exported as tinybeauty_export.py does (fp32, then static int8 calibrated
-    on the sample faces), with a random non-zero output head so its change is visible; returns the int8 path."""
+    on the sample faces), with a random non-zero output head (bias `tint`, in [-1, 1] units per RGB channel)
+    so its change is visible; returns the int8 path (the fp32 one is beside it)."""
 
     torch.manual_seed(seed)
-    model = TinyBeauty().eval()  # the default config's architecture; its head starts at zero
+    # configs/tinybeauty.yaml's layers, what stage 4 trains (TinyBeauty()'s own defaults are the previous,
+    # full-resolution layout, kept for old checkpoints); its head starts at zero
+    model = TinyBeauty(**load_config(TINYBEAUTY_CONFIG).model).eval()
     with torch.no_grad():
         model.head.weight.normal_(0.0, 0.05)
-        model.head.bias.copy_(torch.tensor([0.12, -0.06, 0.04]))  # a warm tint, to see where it pasted
+        model.head.bias.copy_(torch.tensor(tint))
     faces = sorted((WEB.parent / "data/samples/faces").glob("*.jpg"))[:8]
     calibration = torch.stack([from_uint8(np.asarray(resize_rgb(read_rgb(p), 256))) for p in faces]).numpy()
     fp32 = export_onnx(model, folder / "tinybeauty_fp32.onnx", 256)
     return quantize_int8(fp32, folder / "tinybeauty_int8.onnx", calibration)
+
+
+def stand_in_style(root: Path, name: str, seed: int = 0, tint: tuple[float, float, float] = WARM_TINT) -> Path:
+    """A style folder root/NAME as make_style.py writes one (deploy/styles.py's layout), around an untrained
+    stand_in_model: for tests, which point the styles registry at `root`. Returns the folder."""
+    work = root / f".{name}_export"
+    int8 = stand_in_model(work, seed, tint)
+    card = f"# {name}\n\nA stand-in style for tests: an untrained TinyBeauty (seed {seed}, head bias {tint}).\n"
+    meta = {"title": f"Stand-in {name}", "description": "untrained, for tests", "made_by": "web/page_driver.py"}
+    write_style(root / name, work / "tinybeauty_fp32.onnx", int8, card, meta)
+    return root / name
 
 
 def fake_webcam_video(photo: Path, path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> Path:

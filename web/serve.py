@@ -1,14 +1,21 @@
 """Serve the TinyBeauty web page (web/) to a browser on this machine or on a phone.
 
     bash scripts/setup_web.sh   # once (scripts/setup_env.sh runs it): npm packages, the face detector
-    python web/serve.py --model export/tinybeauty_int8.onnx                   # http://localhost:8000/
-    python web/serve.py --model style1/tinybeauty_int8.onnx --model style2/tinybeauty_int8.onnx
-    python web/serve.py --model M --host 0.0.0.0 --cert cert.pem --key key.pem  # a phone: https://IP:8000/
+    python web/serve.py                                                       # the shipped styles: http://localhost:8000/
+    python web/serve.py --model export/tinybeauty_fp32.onnx                   # your own export first in the menu
+    python web/serve.py --styles runs/my_styles --sample my_face.jpg          # other styles, another photo on load
+    python web/serve.py --host 0.0.0.0 --cert cert.pem --key key.pem          # a phone: https://IP:8000/
 
-A static file server for web/ with three additions over `python -m http.server` (which also works,
-from web/, with the ONNX copied into web/models/):
-- each --model file is served as /models/NAME, and /models.json lists them with web/models/*.onnx,
-  so the page's style menu offers them (the first is the default);
+A static file server for web/ with four additions over `python -m http.server` (which also works,
+from web/, with the ONNX copied into web/models/, but opens on no photo and one WASM thread):
+- the shipped styles (weights/styles/NAME/, deploy/styles.py; --styles DIR or $TINYBEAUTY_STYLES for
+  others) are served as /styles/NAME/tinybeauty_{fp32,int8}.onnx, each --model file as /models/NAME, and
+  /models.json lists them (the --model files, then each style's fp32 export under its title, then
+  web/models/*.onnx), so the page's style menu offers them (the first is the default);
+- /sample.jpg is a bundled face (data/samples/faces/AF1.jpg, or --sample PHOTO), which the page shows
+  made up as soon as it has loaded;
+- each .onnx goes out without its intensity blend (deploy.onnx_export.without_intensity: the page blends in
+  JavaScript; four full-size element-wise ops fewer, about 10% of the model's time in WASM);
 - cross-origin isolation headers (COOP/COEP), without which browsers give no SharedArrayBuffer and
   onnxruntime-web runs on one WASM thread;
 - HTTPS with --cert/--key: a browser gives a page the camera only on https or http://localhost.
@@ -21,11 +28,17 @@ import argparse
 import json
 import ssl
 import sys
-from functools import partial
+from functools import lru_cache, partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import onnx
+
+from deploy.onnx_export import without_intensity
+from deploy.styles import MODEL_FILES, list_styles, styles_root
+
 WEB = Path(__file__).resolve().parent
+SAMPLE = WEB.parent / "data" / "samples" / "faces" / "AF1.jpg"  # SCUT-FBP5500: non-commercial research use
 NEEDED = {
     "node_modules/onnxruntime-web/dist": "bash scripts/setup_web.sh (npm packages)",
     "node_modules/@mediapipe/tasks-vision/wasm": "bash scripts/setup_web.sh (npm packages)",
@@ -34,7 +47,8 @@ DETECTOR = "models/face_detection_short_range.tflite"
 
 
 class Handler(SimpleHTTPRequestHandler):
-    models: dict[str, Path] = {}  # URL path -> file, from --model
+    models: dict[str, Path] = {}  # URL path -> file: the --model files, the styles' exports, /sample.jpg
+    menu: list[dict] = []  # what /models.json says, before web/models/*.onnx
     quiet = False
     # Browsers load ES modules and stream-compile WASM only with these types; not every Python's
     # mimetypes table has them (it reads the system's /etc/mime.types).
@@ -51,24 +65,45 @@ class Handler(SimpleHTTPRequestHandler):
         return str(served) if served else super().translate_path(path)
 
     def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if path.suffix == ".onnx" and path.is_file():
+            try:
+                body = page_model(path)
+            except Exception as err:  # not an ONNX the page could run either: say so, keep serving
+                self.send_error(500, f"{path.name}: not a readable ONNX ({err})")
+                return
+            self.send_body(body, "application/octet-stream")
+            return
         if self.path.split("?", 1)[0] == "/models.json":
-            body = json.dumps(model_list(self.models)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_body(json.dumps(model_list(self.menu)).encode(), "application/json")
             return
         super().do_GET()
+
+    def send_body(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:
         if not self.quiet:
             super().log_message(format, *args)
 
 
-def model_list(models: dict[str, Path]) -> list[dict]:
-    """The --model files first, then web/models/*.onnx (what the page's menu offers)."""
-    listed = [{"name": url.removeprefix("/models/"), "url": url[1:]} for url in models]
+@lru_cache(maxsize=32)
+def _page_model(path: Path, mtime_ns: int) -> bytes:
+    return without_intensity(onnx.load(str(path))).SerializeToString()
+
+
+def page_model(path: Path) -> bytes:
+    """The bytes of an export as the page gets them: without the intensity blend (made again when the file changes)."""
+    return _page_model(path, path.stat().st_mtime_ns)
+
+
+def model_list(menu: list[dict]) -> list[dict]:
+    """The --model files and the styles first, then web/models/*.onnx (what the page's menu offers)."""
+    listed = list(menu)
     for path in sorted((WEB / "models").glob("*.onnx")):
         url = f"models/{path.name}"
         if not any(m["url"] == url for m in listed):
@@ -90,6 +125,23 @@ def served_models(paths: list[str]) -> dict[str, Path]:
     return models
 
 
+def served_styles(root: Path) -> tuple[dict[str, Path], list[dict]]:
+    """/styles/NAME/FILE for both exports of each complete style; the menu lists the fp32 one (in the browser's
+    WASM about 3x faster than int8) under the style's title. A folder that is not a complete style is named
+    on stderr, with what it lacks."""
+    styles, broken = list_styles(root)
+    for name, reason in broken.items():
+        print(f"warning: style {name} left out: {reason}", file=sys.stderr)
+    files, menu = {}, []
+    for style in styles:
+        for precision in MODEL_FILES:
+            files[f"/styles/{style.name}/{style.model(precision).name}"] = style.model(precision)
+        menu.append(
+            {"name": style.title, "url": f"styles/{style.name}/{style.model('fp32').name}", "style": style.name}
+        )
+    return files, menu
+
+
 def check_web_folder() -> None:
     missing = [f"{WEB / rel} (run {fix})" for rel, fix in NEEDED.items() if not (WEB / rel).is_dir()]
     if missing:
@@ -101,7 +153,9 @@ def check_web_folder() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--model", action="append", default=[], help="an exported ONNX to offer (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="an exported ONNX to offer first (repeatable)")
+    parser.add_argument("--styles", default=None, help="styles folder (default: $TINYBEAUTY_STYLES or weights/styles)")
+    parser.add_argument("--sample", default=None, help=f"the photo shown on load (default: {SAMPLE})")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: other devices too)")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--cert", help="PEM certificate for HTTPS (with --key)")
@@ -111,7 +165,18 @@ def main(argv: list[str] | None = None) -> None:
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
     check_web_folder()
-    Handler.models = served_models(args.model)
+    models = served_models(args.model)
+    style_files, style_menu = served_styles(styles_root(args.styles))
+    if args.sample and not Path(args.sample).is_file():
+        parser.error(f"--sample {args.sample}: no such file")
+    sample = Path(args.sample or SAMPLE).resolve()
+    if not sample.is_file():  # a copy of web/ outside the repository: the page opens on no photo
+        print(f"warning: {sample} not found: the page opens on no photo", file=sys.stderr)
+    Handler.models = {**models, **style_files, **({"/sample.jpg": sample} if sample.is_file() else {})}
+    Handler.menu = [{"name": url.removeprefix("/models/"), "url": url[1:]} for url in models] + style_menu
+    if not Handler.menu and not list((WEB / "models").glob("*.onnx")):
+        print(f"warning: no styles in {styles_root(args.styles)} and no --model: the page has no model to run "
+              "(make_style.py makes a style; tinybeauty_export.py an ONNX for --model)", file=sys.stderr)  # fmt: skip
     Handler.quiet = args.quiet
     server = ThreadingHTTPServer((args.host, args.port), partial(Handler, directory=str(WEB)))
     scheme = "http"
