@@ -314,7 +314,10 @@ class PairWriter:
 
 
 def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolution: int) -> dict:
-    """Run the plan's share of this process; the main process merges and summarises. Returns the summary."""
+    """Run the plan's share of this process; the main process merges and summarises. Returns the summary.
+    `parser` must use `face.eye_region` (resolved here from the DDA when it is still null)."""
+    if cfg.face.eye_region is None:
+        resolve_eye_region(cfg, models)
     start = time.perf_counter()
     out_dir = Path(cfg.output_dir)
     jobs = plan_jobs(Path(cfg.input_dir), cfg.num_images, int(cfg.variants_per_face), int(cfg.seed))
