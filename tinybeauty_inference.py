@@ -47,7 +47,7 @@ from data.face_align import FaceAligner, process_full_photo
 from data.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_rgb
 from deploy.crop_model import MakeupModel
 from deploy.makeup import apply_makeup, check_intensity, load_model
-from deploy.styles import DEFAULT_PRECISION, MODEL_FILES, describe_styles, get_style
+from deploy.styles import DEFAULT_PRECISION, add_style_arguments, describe_styles, get_style
 from errors import InputError
 
 
@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", help="tinybeauty_*.pt from tinybeauty_training.py")
-    model.add_argument("--style", help="a shipped style (--list-styles) or a style folder: no training needed")
-    model.add_argument("--list-styles", action="store_true", help="print the shipped styles and exit")
-    parser.add_argument("--precision", choices=tuple(MODEL_FILES), default=DEFAULT_PRECISION,
-                        help="with --style: which export runs (default: %(default)s; int8 is the phone's)")  # fmt: skip
+    add_style_arguments(model, parser, "; int8 is the phone's")
     parser.add_argument("--input", help="an image or a folder of images")
     parser.add_argument("--output", help="folder for the results (one PNG per input)")
     parser.add_argument("--full-photo", action="store_true", help="find, align and process every face of a photo")

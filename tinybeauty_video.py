@@ -46,7 +46,7 @@ from omegaconf import DictConfig
 from common import atomic_write_text, load_config, log, run_cli, setup_logging
 from data.video_io import VideoReadError
 from deploy.crop_model import MakeupModel
-from deploy.styles import DEFAULT_PRECISION, MODEL_FILES, describe_styles, get_style
+from deploy.styles import add_style_arguments, describe_styles, get_style
 from deploy.video import process_video, residual_settings
 from errors import InputError
 
@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", help="tinybeauty_{fp32,int8}.onnx or a tinybeauty_*.pt checkpoint")
-    model.add_argument("--style", help="a shipped style (--list-styles) or a style folder: no training needed")
-    model.add_argument("--list-styles", action="store_true", help="print the shipped styles and exit")
-    parser.add_argument("--precision", choices=tuple(MODEL_FILES), default=DEFAULT_PRECISION,
-                        help="with --style: which export runs (default: %(default)s)")  # fmt: skip
+    add_style_arguments(model, parser)
     parser.add_argument("--input", help="a video file")
     parser.add_argument("--output", help="the video to write (.mp4, .mov, .avi, .mkv)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")

@@ -121,6 +121,14 @@ def get_style(name: str, root: str | os.PathLike | None = None) -> Style:
     raise StyleError(f"unknown style '{name}': the styles in {where} are {known}{incomplete}")
 
 
+def add_style_arguments(model_group, parser, precision_note: str = "") -> None:
+    """`--style`, `--list-styles` (in the script's mutually exclusive model group) and `--precision`."""
+    model_group.add_argument("--style", help="a shipped style (--list-styles) or a style folder: no training needed")
+    model_group.add_argument("--list-styles", action="store_true", help="print the shipped styles and exit")
+    parser.add_argument("--precision", choices=tuple(MODEL_FILES), default=DEFAULT_PRECISION,
+                        help=f"with --style: which export runs (default: %(default)s{precision_note})")  # fmt: skip
+
+
 def describe_styles(root: str | os.PathLike | None = None) -> str:
     """The text of --list-styles: one line per style, then the folders that are not usable and why."""
     where = styles_root(root)
