@@ -120,7 +120,7 @@ def _check_sizes(pairs) -> None:
                 )
 
 
-def build_data(cfg, run_dir: Path) -> tuple[PairedDataset, list]:
+def build_data(cfg, run_dir: Path, eye_region: str = "lid") -> tuple[PairedDataset, list]:
     try:
         scan = scan_pairs(cfg.data.root)
     except DatasetError as err:
@@ -129,7 +129,7 @@ def build_data(cfg, run_dir: Path) -> tuple[PairedDataset, list]:
         log.warning("%s", line)
     pairs = scan.pairs[: cfg.data.num_pairs] if cfg.data.num_pairs > 0 else scan.pairs
     _check_sizes(pairs)
-    _fill_missing_masks(pairs, run_dir / "masks", seed_eye_region(cfg.data.root))
+    _fill_missing_masks(pairs, run_dir / "masks", eye_region)
     log.info("seed pairs (%d): %s", len(pairs), ", ".join(p.name for p in pairs))
     affine = config_to_dict(cfg.data.affine)
     try:
@@ -350,10 +350,10 @@ def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str 
     """Train the DDA of `cfg` in `run_dir` (checkpoints and samples on the way); returns what the end needs."""
     seed_everything(cfg.seed)
     device = get_device(cfg.train.device)
-    dataset, pairs = build_data(cfg, run_dir)
+    eye_region = seed_eye_region(cfg.data.root)  # the seeds' mask convention: parsed masks and stage 3 follow it
+    dataset, pairs = build_data(cfg, run_dir, eye_region)
     check_calibrate(cfg, len(pairs))
     holdout_path = find_holdout_face(cfg, {p.name for p in pairs})
-    eye_region = seed_eye_region(cfg.data.root)
     holdout = load_holdout(holdout_path, cfg.train.resolution, eye_region)
     dda, use_fp16 = build_model(cfg, device)
     dda.eye_region = eye_region  # stage 3 parses new faces with the seeds' mask convention

@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from statistics import median
 from urllib.request import urlopen
@@ -57,22 +55,9 @@ def key_of(model: Path, threads: int, page: str = "") -> str:
     return f"{page}{model.name}, {threads} thread{'s' * (threads > 1)}"
 
 
-@contextmanager
 def serve_other(web: Path, models: list[Path], log: Path):
     """Another copy of web/ served by its own serve.py (whatever options it knows: --model only)."""
-    with open(log, "w") as stderr:
-        server = subprocess.Popen(
-            [sys.executable, str(web / "serve.py"), "--port", "0", "--quiet", *(f"--model={m}" for m in models)],
-            stdout=subprocess.PIPE, stderr=stderr, text=True,
-        )  # fmt: skip
-        try:
-            line = server.stdout.readline()
-            if not line.startswith("serving "):
-                raise RuntimeError(f"{web / 'serve.py'} did not start: {log.read_text()}")
-            yield line.split()[1]
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    return page_driver.serve_folder(web, [f"--model={m}" for m in models], log)
 
 
 class Timed:

@@ -175,13 +175,7 @@ def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:
 
 
 def _dda_from_settings(settings: dict, base: dict) -> DDA:
-    dda = _build_from_settings(settings, base)
-    dda.eye_region = settings.get("eye_region", "lid")  # lid before the key existed
-    return dda
-
-
-def _build_from_settings(settings: dict, base: dict) -> DDA:
-    return DDA(
+    dda = DDA(
         base,
         prompt=settings.get("prompt", ""),
         resolution=settings.get("resolution", 512),
@@ -196,3 +190,5 @@ def _build_from_settings(settings: dict, base: dict) -> DDA:
         region_conditioning=bool(settings.get("region_conditioning", False)),  # False before it existed
         vae_upcast=settings.get("vae_upcast", "auto"),  # auto before it existed (diffusers' pipelines' rule)
     )
+    dda.eye_region = settings.get("eye_region", "lid")  # lid before the key existed
+    return dda

@@ -50,6 +50,25 @@ def missing() -> str | None:
 
 
 @contextmanager
+def serve_folder(web: Path, args: list[str], log: Path) -> Iterator[str]:
+    """`web`/serve.py (this web/ or another copy of it) on a free loopback port with `args`, its stderr to
+    `log`; yields the page's URL."""
+    with open(log, "w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, str(web / "serve.py"), "--port", "0", "--quiet", *args],
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+        try:
+            line = server.stdout.readline()  # "serving http://localhost:PORT/ (Ctrl-C to stop)"
+            if not line.startswith("serving "):
+                raise RuntimeError(f"{web / 'serve.py'} did not start: {log.read_text()}")
+            yield line.split()[1]
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+@contextmanager
 def serve(models: list[Path], log: Path, styles: Path | None = None, sample: Path | None = None) -> Iterator[str]:
     """web/serve.py on a free loopback port with `models` offered, and the styles under `styles` (None: an
     empty folder, so the shipped styles do not enter a test); yields the page's URL."""
@@ -57,19 +76,8 @@ def serve(models: list[Path], log: Path, styles: Path | None = None, sample: Pat
         styles = log.parent / "no_styles"
         styles.mkdir(exist_ok=True)
     extra = [f"--styles={styles}"] + ([f"--sample={sample}"] if sample else [])
-    with open(log, "w") as stderr:
-        server = subprocess.Popen(
-            [sys.executable, str(WEB / "serve.py"), "--port", "0", "--quiet", *extra, *(f"--model={m}" for m in models)],
-            stdout=subprocess.PIPE, stderr=stderr, text=True,
-        )  # fmt: skip
-        try:
-            line = server.stdout.readline()  # "serving http://localhost:PORT/ (Ctrl-C to stop)"
-            if not line.startswith("serving "):
-                raise RuntimeError(f"web/serve.py did not start: {log.read_text()}")
-            yield line.split()[1]
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with serve_folder(WEB, [*extra, *(f"--model={m}" for m in models)], log) as url:
+        yield url
 
 
 @contextmanager
