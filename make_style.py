@@ -208,6 +208,17 @@ class Timings:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + seconds, 1)
         atomic_write_text(self.path, json.dumps(self.seconds, indent=1))
 
+    def stage_ended(self) -> None:
+        """Keep the machine's 1-minute load as a stage ends: the card reports that, not the load of a later rerun
+        that only rewrites the card (e.g. with --quality)."""
+        atomic_write_text(self.path.with_name("load.json"), json.dumps({"load_1min": round(os.getloadavg()[0], 2)}))
+
+    @property
+    def load(self) -> float:
+        """The load when the last stage ended (now, for a folder made before it was kept)."""
+        path = self.path.with_name("load.json")
+        return json.loads(path.read_text())["load_1min"] if path.is_file() else os.getloadavg()[0]
+
 
 def run_stage(stage: Stage, log_path: Path, timings: Timings) -> None:
     command = stage.command()
@@ -250,6 +261,7 @@ def run_stage(stage: Stage, log_path: Path, timings: Timings) -> None:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
         what = f"exit status {process.returncode}" if process.returncode else f"it wrote no {stage.done}"
         raise MakeupError(f"{stage.title} failed ({what}); the end of {log_path}:\n{tail}")
+    timings.stage_ended()
     print(f"  done in {format_seconds(time.perf_counter() - start)}", flush=True)
 
 
@@ -365,7 +377,7 @@ def write_card(args: argparse.Namespace, work: Path, out: Path, timings: Timings
 
 ## Time
 {format_seconds(total)} on {os.cpu_count()} CPU cores ({per_stage}), summed over every run of the command;
-measured on a shared machine (load average {os.getloadavg()[0]:.1f} when it finished).
+measured on a shared machine (load average {timings.load:.1f} when its last stage finished).
 
 ## Data and licence
 {LICENCE}
