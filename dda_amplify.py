@@ -91,7 +91,7 @@ from data.io import read_labels, read_rgb
 from errors import ConfigError
 from models.dda import SCHEDULERS
 from models.dda_io import load_dda
-from models.fgmm import REGIONS  # FGMM regions; labels 1, 2, 3 in the mask (data/paired.py)
+from models.fgmm import REGIONS, WEIGHTS  # FGMM regions (labels 1, 2, 3 in the mask: data/paired.py) + cheeks
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dda_amplify.yaml"
 
@@ -100,8 +100,12 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "dda_amplify.yaml"
 # Generation: one DDA call per style, regions combined
 # --------------------------------------------------------------------------------------------
 def configured_weights(cfg: DictConfig) -> dict[str, float | None]:
-    """`region_weights` as set: a number overrides the checkpoint's learned FGMM weight, null keeps it."""
-    return {r: None if cfg.region_weights[r] is None else float(cfg.region_weights[r]) for r in REGIONS}
+    """`region_weights` as set: a number overrides the checkpoint's learned FGMM weight, null keeps it (cheeks:
+    null, or left out of an older config, follow a skin override)."""
+    weights = {r: None if cfg.region_weights[r] is None else float(cfg.region_weights[r]) for r in REGIONS}
+    if cfg.region_weights.get("cheeks") is not None:  # recorded only when set: earlier runs' records still match
+        weights["cheeks"] = float(cfg.region_weights.cheeks)
+    return weights
 
 
 def style_groups(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
@@ -115,9 +119,10 @@ def style_groups(cfg: DictConfig) -> list[tuple[str, dict[str, float]]]:
     owner = {r: str(cfg.checkpoint) for r in REGIONS}
     if cfg.styles:
         owner.update({str(r): str(ckpt) for r, ckpt in cfg.styles.items()})
+    owner["cheeks"] = owner["skin"]  # the cheeks are part of the skin
     groups = []
     for checkpoint in dict.fromkeys(owner.values()):
-        overrides = {r: 0.0 for r in REGIONS if owner[r] != checkpoint}
+        overrides = {r: 0.0 for r in REGIONS if owner[r] != checkpoint}  # skin 0: its cheeks too
         overrides.update({r: w for r, w in weights.items() if owner[r] == checkpoint and w is not None})
         groups.append((checkpoint, overrides))
     return groups
@@ -162,8 +167,10 @@ def keep_source_outside_makeup(
     losses must see identical pixels there (the official release copies the source back as well).
     """
     keep = mask == 0
+    cheeks = weights.get("cheeks")
     for label, region in enumerate(REGIONS, start=1):
-        if weights[region] == 0:
+        # the skin stays the source only if the cheeks (on it) get nothing either
+        if weights[region] == 0 and (region != "skin" or cheeks in (None, 0)):
             keep |= mask == label
     out = target.copy()
     out[keep] = source[keep]
@@ -465,10 +472,12 @@ def check_config(cfg: DictConfig) -> None:
         if cfg[key] is not None and int(cfg[key]) < 1:
             raise bad(key, f"must be at least 1, not {cfg[key]}")
     weights = dict(cfg.region_weights)
-    if set(weights) != set(REGIONS) or any(
+    if not set(REGIONS) <= set(weights) <= set(WEIGHTS) or any(
         v is not None and (not isinstance(v, (int, float)) or v < 0) for v in weights.values()
     ):
-        raise bad("region_weights", f"needs {', '.join(REGIONS)}, each a number >= 0 or null (got {weights})")
+        raise bad(
+            "region_weights", f"needs {', '.join(REGIONS)} (and cheeks), each a number >= 0 or null (got {weights})"
+        )
     if cfg.styles is not None:
         if not hasattr(cfg.styles, "items") or not set(cfg.styles) <= set(REGIONS):
             raise bad("styles", f"must map regions ({', '.join(REGIONS)}) to DDA checkpoints (got {cfg.styles})")

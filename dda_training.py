@@ -290,11 +290,20 @@ def parse_args(argv: list[str] | None = None) -> tuple:
 def resume(ckpt: dict, path: str, dda, optimizer, scaler, state) -> int:
     dda.load_state(ckpt["dda"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    _pad_fgmm_moments(optimizer, dda.fgmm.region_weights)
     scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     state["global_step"], state["seconds"] = ckpt["global_step"], ckpt.get("seconds", 0.0)
     log.info("resumed from %s at epoch %d (step %d)", path, ckpt["epoch"], ckpt["global_step"])
     return int(ckpt["epoch"])
+
+
+def _pad_fgmm_moments(optimizer, weights: torch.nn.Parameter) -> None:
+    """A checkpoint saved before FGMM had its cheeks weight holds 3-entry moments: the cheeks take the skin's."""
+    moments = optimizer.state.get(weights, {})
+    for key, value in moments.items():
+        if torch.is_tensor(value) and value.dim() == 1 and value.numel() == weights.numel() - 1:
+            moments[key] = torch.cat([value, value[-1:]])
 
 
 def write_summary(run_dir: Path, cfg, run: dict, calibration: dict | None) -> dict:

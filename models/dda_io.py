@@ -64,6 +64,10 @@ def save_lora(dda: DDA, folder: str | os.PathLike) -> Path:
     return folder / LORA_WEIGHTS_NAME
 
 
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
 def build_dda(
     cfg, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, base: dict | None = None
 ) -> DDA:
@@ -77,7 +81,7 @@ def build_dda(
         lora_rank=int(cfg.lora.rank),
         lora_alpha=float(cfg.lora.alpha),
         rdm_alpha=float(cfg.rdm.alpha),
-        fgmm={name: float(cfg.fgmm[name]) for name in REGIONS},
+        fgmm={name: float(cfg.fgmm[name]) for name in REGIONS} | {"cheeks": _optional_float(cfg.fgmm.get("cheeks"))},
         strength=float(cfg.diffusion.strength),
         num_steps=int(cfg.diffusion.num_steps),
         scheduler=str(cfg.diffusion.scheduler),

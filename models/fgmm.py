@@ -10,6 +10,15 @@ Here that is a learnable gain per region (initial 1.0, as in the seed), applied 
 is 0, exactly: `source + FGMM(styled - source)` is then bit-for-bit the source there. In training the
 gains are learned through the reconstruction loss (a region whose makeup the diffusion model under-
 or over-shoots gets a gain above or below 1); at amplification `overrides` replaces them.
+
+The cheeks have a fourth weight. One weight for the whole skin has to choose between the blush, which
+lies on the cheeks, and the DDA's grain everywhere else on the skin: on `berry_blush` it learns 0.09, and
+the blush is gone (the DDA does paint it: on 60 unseen faces its skin change reaches 0.58 of the truth's
+on the blush). So inside the skin the weight blends from `skin` to `cheeks` by a soft cheek map
+(`cheek_map`: a Gaussian on each cheek, placed from the eyes and lips of the mask itself, so it needs no
+landmarks and works on any pair folder's masks). With `cheeks` equal to `skin` the map is the old one, bit
+for bit: a checkpoint saved before the cheeks existed loads with its skin weight there. An override of
+`skin` without one of `cheeks` sets both (skin 0 still means no makeup on any skin).
 """
 
 from __future__ import annotations
@@ -18,37 +27,108 @@ import torch
 from torch import nn
 
 REGIONS = ("eyes", "lips", "skin")  # labels 1, 2, 3 of the makeup mask
+WEIGHTS = (*REGIONS, "cheeks")  # FGMM's weights: the three regions, and the cheeks inside the skin
+
+# Where the cheek map sits, in the mask's own geometry (IOD: the distance between the two eye-region
+# centroids; h: from their midpoint down to the lips' centroid). Measured on 40 faces of ../shared/data/faces
+# against MediaPipe's cheek landmarks 205 and 425 (where data/makeup_render.py centres a template's blush):
+# 0.64 h down (sd 0.02) and 0.14 IOD out (sd 0.03) from each eye's centroid. The radius (Gaussian sigma,
+# cut at 3 sigma) is 0.2 IOD: a template's blush of size 0.14 has 0.16, a wider one lies partly outside.
+CHEEK_DOWN, CHEEK_OUT, CHEEK_SIGMA = 0.64, 0.14, 0.2
+
+
+def cheek_map(makeup_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) labels -> (B, 1, H, W) in [0, 1]: a Gaussian on each cheek, inside the skin (label 3) only.
+
+    Placed from the mask: the eye region's pixels split into two eyes at their mean x, the lips' centroid
+    gives the face's downward axis. A mask without two eyes and lips gets no cheeks (zeros).
+    """
+    mask = makeup_mask.long()
+    batch, height, width = mask.shape
+    out = torch.zeros(batch, 1, height, width, device=mask.device)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32, device=mask.device),
+        torch.arange(width, dtype=torch.float32, device=mask.device),
+        indexing="ij",
+    )
+    for b in range(batch):
+        eye_y, eye_x = (v.float() for v in torch.nonzero(mask[b] == 1, as_tuple=True))
+        lip_y, lip_x = (v.float() for v in torch.nonzero(mask[b] == 2, as_tuple=True))
+        if eye_x.numel() < 2 or lip_x.numel() < 1:
+            continue
+        first = eye_x < eye_x.mean()
+        if bool(first.all()) or not bool(first.any()):
+            continue
+        eyes = [torch.stack([eye_x[side].mean(), eye_y[side].mean()]) for side in (first, ~first)]
+        lips = torch.stack([lip_x.mean(), lip_y.mean()])
+        across = eyes[1] - eyes[0]
+        iod = across.norm()
+        if float(iod) < 1:
+            continue
+        across = across / iod
+        down = torch.stack([-across[1], across[0]])
+        drop = (lips - (eyes[0] + eyes[1]) / 2) @ down
+        if float(drop) < 0:
+            down, drop = -down, -drop
+        sigma = CHEEK_SIGMA * iod
+        blob = torch.zeros(height, width, device=mask.device)
+        for eye, side in zip(eyes, (-1.0, 1.0)):
+            centre = eye + CHEEK_DOWN * drop * down + side * CHEEK_OUT * iod * across
+            d2 = (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2
+            blob = torch.maximum(blob, torch.where(d2 < (3 * sigma) ** 2, torch.exp(-d2 / (2 * sigma**2)), 0.0))
+        out[b, 0] = blob * (mask[b] == 3)
+    return out
 
 
 class FGMM(nn.Module):
-    def __init__(self, eyes: float = 1.0, lips: float = 1.0, skin: float = 1.0):
+    def __init__(self, eyes: float = 1.0, lips: float = 1.0, skin: float = 1.0, cheeks: float | None = None):
         super().__init__()
-        self.region_weights = nn.Parameter(torch.tensor([eyes, lips, skin], dtype=torch.float32))
+        cheeks = skin if cheeks is None else cheeks
+        self.region_weights = nn.Parameter(torch.tensor([eyes, lips, skin, cheeks], dtype=torch.float32))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "region_weights"
+        saved = state_dict.get(key)
+        if saved is not None and saved.shape == (len(REGIONS),):  # saved before the cheeks: they follow the skin
+            state_dict[key] = torch.cat([saved, saved[-1:]])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @staticmethod
+    def _checked(overrides: dict[str, float] | None) -> dict[str, float]:
+        overrides = dict(overrides or {})
+        for name in overrides:
+            if name not in WEIGHTS:
+                raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(WEIGHTS)})")
+        if "skin" in overrides and "cheeks" not in overrides:
+            overrides["cheeks"] = overrides["skin"]
+        return overrides
 
     def weights(self, overrides: dict[str, float] | None = None) -> dict[str, float]:
         """The effective per-region weights as plain floats (learned, with `overrides` on top)."""
-        current = {name: float(w) for name, w in zip(REGIONS, self.region_weights.detach().cpu())}
-        for name, value in (overrides or {}).items():
-            if name not in REGIONS:
-                raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(REGIONS)})")
-            current[name] = float(value)
+        current = {name: float(w) for name, w in zip(WEIGHTS, self.region_weights.detach().cpu())}
+        current.update({name: float(value) for name, value in self._checked(overrides).items()})
         return current
 
     def weight_map(self, makeup_mask: torch.Tensor, overrides: dict[str, float] | None = None) -> torch.Tensor:
-        """(B, H, W) labels 0-3 -> (B, 1, H, W) per-pixel weight: 0 on background, the region's weight elsewhere.
+        """(B, H, W) labels 0-3 -> (B, 1, H, W) per-pixel weight: 0 on background, the region's weight elsewhere,
+        on the skin blended toward the cheeks' weight by `cheek_map`.
 
         Without overrides the map is differentiable in the learned weights.
         """
         table = self.region_weights
+        overrides = self._checked(overrides)
         if overrides:
             table = table.clone()
             for name, value in overrides.items():
-                if name not in REGIONS:
-                    raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(REGIONS)})")
-                table = table.index_fill(0, torch.tensor(REGIONS.index(name), device=table.device), float(value))
-        lookup = torch.cat([table.new_zeros(1), table])  # index 0 = background
+                table = table.index_fill(0, torch.tensor(WEIGHTS.index(name), device=table.device), float(value))
+        lookup = torch.cat([table.new_zeros(1), table[: len(REGIONS)]])  # index 0 = background
         labels = makeup_mask.long().clamp(0, len(REGIONS))
-        return lookup[labels].unsqueeze(1)
+        weight = lookup[labels].unsqueeze(1)
+        skin, cheeks = table[2], table[3]
+        # equal and not training: the map is the three regions' exactly (training: the cheeks' weight gets its gradient)
+        if bool(cheeks != skin) or (torch.is_grad_enabled() and table.requires_grad):
+            weight = weight + (cheeks - skin) * cheek_map(labels).to(weight)
+        return weight
 
     def forward(
         self,
@@ -71,6 +151,10 @@ def fit_region_gains(
     change, target_change: (B, 3, H, W) (output - source, target - source); makeup_mask (B, H, W) labels.
     g = <change, target> / <change, change> over the region's pixels and channels; None where the region is
     empty or the change there is zero (nothing to scale). The calibration of `dda_training.py calibrate=K`.
+
+    On the skin the skin's and the cheeks' gains are fitted together, as FGMM applies them: the target
+    change ~ change * (g_skin (1 - c) + g_cheeks c) with c the cheek map (two-parameter least squares). A mask
+    without cheeks gives the cheeks None.
     """
     gains: dict[str, float | None] = {}
     for index, region in enumerate(REGIONS, start=1):
@@ -78,4 +162,13 @@ def fit_region_gains(
         made, wanted = change[inside].double(), target_change[inside].double()
         energy = float((made * made).sum())
         gains[region] = float((made * wanted).sum()) / energy if made.numel() and energy > 1e-12 else None
+    skin = (makeup_mask == REGIONS.index("skin") + 1).unsqueeze(1).expand_as(change)
+    cheek = cheek_map(makeup_mask).to(change).expand_as(change)[skin].double()
+    made, wanted = change[skin].double(), target_change[skin].double()
+    features = torch.stack([made * (1 - cheek), made * cheek], 1)
+    gram = features.T @ features
+    gains["cheeks"] = None
+    if made.numel() and float(gram[1, 1]) > 1e-12 and float(torch.linalg.det(gram)) > 1e-12 * float(gram.trace()) ** 2:
+        skin_gain, cheek_gain = torch.linalg.solve(gram, features.T @ wanted).tolist()
+        gains["skin"], gains["cheeks"] = skin_gain, cheek_gain
     return gains

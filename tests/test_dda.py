@@ -84,7 +84,7 @@ def test_fgmm_weight_map_and_exact_zero():
         fgmm.weight_map(mask, {"nose": 1.0})
     # learned weights get gradients through the map
     fgmm(torch.ones(1, 1, 1, 4), mask).sum().backward()
-    assert fgmm.region_weights.grad.tolist() == [1.0, 1.0, 1.0]
+    assert fgmm.region_weights.grad.tolist() == [1.0, 1.0, 1.0, 0.0]  # no eyes and lips here: no cheeks
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,9 +287,11 @@ def test_smoke_run_writes_every_output(tiny_sd, pairs5, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 3 and summary["num_pairs"] == 1
     assert set(summary["final_loss"]) == {"diffusion", "l1", "eyeliner", "total"}
-    assert summary["trainable_params"]["rdm_alpha"] == 1 and summary["trainable_params"]["fgmm"] == 3
+    assert (
+        summary["trainable_params"]["rdm_alpha"] == 1 and summary["trainable_params"]["fgmm"] == 4
+    )  # eyes, lips, skin, cheeks
     assert summary["trainable_params"]["lora"] > 0
-    assert set(summary["fgmm_weights"]) == {"eyes", "lips", "skin"}
+    assert set(summary["fgmm_weights"]) == {"eyes", "lips", "skin", "cheeks"}
     grid = Image.open(out / "sample_epoch_3.png")
     assert grid.width >= 3 * RES and grid.height >= 2 * RES  # the pair + the held-out face
     assert "trainable: LoRA" in result.stdout

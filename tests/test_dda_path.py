@@ -121,10 +121,10 @@ def test_scalars_stay_in_range(tiny_sd):
     dda = make_dda(tiny_sd)
     with torch.no_grad():
         dda.rdm.alpha.fill_(1.7)
-        dda.fgmm.region_weights.copy_(torch.tensor([-0.3, 0.5, 2.5]))
+        dda.fgmm.region_weights.copy_(torch.tensor([-0.3, 0.5, 2.5, 1.25]))
     dda.clamp_scalars()
     assert float(dda.rdm.alpha) == 1.0
-    assert dda.fgmm.region_weights.tolist() == [0.0, 0.5, 2.0]
+    assert dda.fgmm.region_weights.tolist() == [0.0, 0.5, 2.0, 1.25]
 
 
 def test_other_size_is_made_up_at_training_resolution(tiny_sd):
