@@ -502,6 +502,8 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     models = {}
     for checkpoint, _ in style_groups(cfg):
         models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
+        if cfg.model.get("fuse_lora", True):
+            models[checkpoint].fuse_lora()
     resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)
     return models, resolution
 

@@ -12,6 +12,10 @@ after-before, ...), each stage as its own process with one torch thread, so both
   training run's): images/s from its summary; the pairs compared byte for byte, the manifest line by line
   (on the keys both checkouts write, without the timing).
 Medians over the rounds, the after/before ratio, and the 1-minute load average when each run started.
+
+`--stages amplify` times stage 3 only (the checkpoint from one untimed training run of "before");
+`--after-args` gives the "after" amplification runs overrides (e.g. `model.fuse_lora=false`). Where the pairs
+differ, the largest difference of a target pixel (0-255) and how many values differ are reported.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from common import REPO_ROOT, atomic_write_text, load_checkpoint
 
@@ -59,8 +65,8 @@ def training(checkout: Path, pairs: Path, out: Path, epochs: int) -> dict:
             "steps": summary["steps"]}  # fmt: skip
 
 
-def amplification(checkout: Path, checkpoint: Path, faces: Path, out: Path) -> dict:
-    overrides = [f"checkpoint={checkpoint}", f"input_dir={faces}", f"output_dir={out}", "wandb.mode=disabled"]
+def amplification(checkout: Path, checkpoint: Path, faces: Path, out: Path, extra: list[str] = ()) -> dict:
+    overrides = [f"checkpoint={checkpoint}", f"input_dir={faces}", f"output_dir={out}", "wandb.mode=disabled", *extra]
     load = os.getloadavg()[0]
     wall = run(checkout, "dda_amplify.py", overrides, out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text())
@@ -82,6 +88,17 @@ def pair_bytes(out: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(out)): p.read_bytes() for sub in ("source", "target", "mask") for p in (out / sub).glob("*")
     }
+
+
+def target_difference(a: Path, b: Path) -> dict:
+    """The largest difference of a target pixel value between two runs' pairs, and how many values differ."""
+    largest, differing, total = 0, 0, 0
+    for path in sorted((a / "target").glob("*.png")):
+        x = np.asarray(Image.open(path), np.int16)
+        y = np.asarray(Image.open(b / "target" / path.name), np.int16)
+        largest = max(largest, int(np.abs(x - y).max()))
+        differing, total = differing + int((x != y).sum()), total + x.size
+    return {"max_pixel_difference": largest, "values_differing": differing, "values": total}
 
 
 def same_manifest(a: Path, b: Path) -> bool:
@@ -121,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--faces", type=int, default=24, help="photos per amplification run")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--stages", choices=("both", "amplify"), default="both", help="amplify: stage 3 only")
+    parser.add_argument("--after-args", default="", help="overrides for the 'after' amplification runs")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="dda_speed_ab_"))
     arms = {"before": args.before.resolve(), "after": REPO_ROOT}
@@ -140,18 +159,26 @@ def main(argv: list[str] | None = None) -> dict:
     for index in range(args.rounds):
         order = ["before", "after"] if index % 2 == 0 else ["after", "before"]
         result = {"order": order, "before": {}, "after": {}}
-        for arm in order:
-            out = work / f"round{index}_{arm}_train"
-            shutil.rmtree(out, ignore_errors=True)
-            result[arm].update(training(arms[arm], pairs, out, args.epochs))
-            checkpoint = checkpoint or out / "dda_final.pt"
-        result["training_bit_identical"] = same_training(*(work / f"round{index}_{a}_train" for a in arms))
+        if args.stages == "both":
+            for arm in order:
+                out = work / f"round{index}_{arm}_train"
+                shutil.rmtree(out, ignore_errors=True)
+                result[arm].update(training(arms[arm], pairs, out, args.epochs))
+                checkpoint = checkpoint or out / "dda_final.pt"
+            result["training_bit_identical"] = same_training(*(work / f"round{index}_{a}_train" for a in arms))
+        elif checkpoint is None:  # one untimed run of "before": a checkpoint both checkouts load
+            out = work / "checkpoint_train"
+            if not (out / "dda_final.pt").is_file():
+                training(arms["before"], pairs, out, args.epochs)
+            checkpoint = out / "dda_final.pt"
         for arm in order:
             out = work / f"round{index}_{arm}_amplify"
             shutil.rmtree(out, ignore_errors=True)
-            result[arm].update(amplification(arms[arm], checkpoint, faces, out))
+            extra = args.after_args.split() if arm == "after" else []
+            result[arm].update(amplification(arms[arm], checkpoint, faces, out, extra))
         made = [work / f"round{index}_{arm}_amplify" for arm in ("before", "after")]
         result["amplification_byte_identical"] = pair_bytes(made[0]) == pair_bytes(made[1])
+        result["amplification_targets"] = target_difference(*made)
         result["manifest_identical"] = same_manifest(*made)
         rounds.append(result)
         print(json.dumps(result), flush=True)
@@ -166,12 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
             "batch_size": 4,
             "rounds": args.rounds,
             "before": str(arms["before"]),
+            "stages": args.stages,
+            "after_args": args.after_args,
         },  # fmt: skip
-        "training_steps_per_second": summarise(rounds, "steps_per_second"),
+        **({"training_steps_per_second": summarise(rounds, "steps_per_second")} if args.stages == "both" else {}),
         "amplification_images_per_second": summarise(rounds, "images_per_second"),
         "amplification_dda_seconds_per_image": summarise(rounds, "dda_seconds_per_image"),
         "amplification_other_seconds_per_image": summarise(rounds, "other_seconds_per_image"),
-        "training_bit_identical": all(r["training_bit_identical"] for r in rounds),
+        "training_bit_identical": all(r["training_bit_identical"] for r in rounds) if args.stages == "both" else None,
+        "amplification_max_pixel_difference": max(r["amplification_targets"]["max_pixel_difference"] for r in rounds),
         "amplification_byte_identical": all(r["amplification_byte_identical"] for r in rounds),
         "manifest_identical_on_common_keys": all(r["manifest_identical"] for r in rounds),
         "rounds": rounds,

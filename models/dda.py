@@ -51,6 +51,7 @@ its own detail (the RDM idea applied across resolutions).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import torch
@@ -323,6 +324,34 @@ class DDA(nn.Module):
         if not self.upcast_vae:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, enabled=False)
+
+    @torch.no_grad()
+    def fuse_lora(self) -> DDA:
+        """For sampling only (stage 3): two plain copies of the UNet, one with the LoRA merged into its weights (the
+        styled run) and one without it (the base run S'), which every later UNet call uses instead.
+
+        peft's LoRA layers run two small extra matmuls and their own bookkeeping per layer, and its switch for the
+        base run walks the whole UNet: on the prior on one CPU thread a UNet call at batch 4 takes 0.83 s with the
+        LoRA on, 0.74 s with it off and 0.67 s merged. The results agree with the unfused DDA to float rounding,
+        not bit for bit. It costs two more UNets' memory (SD 1.5 in fp16: 3.4 GB). Training needs the unfused DDA.
+        """
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        copies = {}
+        for name, merge in (("styled", True), ("base", False)):
+            unet = copy.deepcopy(self.unet)
+            unet.conv_in._forward_hooks.clear()  # the region conditioning is attached again below (styled only)
+            for path, module in list(unet.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    if merge:
+                        module.merge()
+                    parent, _, child = path.rpartition(".")
+                    setattr(unet.get_submodule(parent), child, module.get_base_layer())
+            copies[name] = unet.requires_grad_(False).eval()
+        if self.region_conditioning is not None:
+            self.region_conditioning.attach(copies["styled"])
+        self.rdm.fused = copies
+        return self
 
     def predict_noise(self, noisy, timesteps, text, *, use_lora: bool = True, regions: torch.Tensor | None = None):
         """The UNet's noise prediction: the styled model (LoRA on, and the face's region maps when the DDA is

@@ -36,6 +36,9 @@ class RDM(nn.Module):
         super().__init__()
         self.unet = unet
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        # {"styled": UNet with the LoRA merged, "base": UNet without it}, plain modules for sampling only
+        # (`DDA.fuse_lora`); a plain dict, so they are neither parameters nor in a saved state
+        self.fused: dict[str, nn.Module] | None = None
 
     def forward(
         self,
@@ -45,6 +48,10 @@ class RDM(nn.Module):
         use_lora: bool = True,
     ) -> torch.Tensor:
         """The UNet's noise prediction, with the LoRA on (the styled model) or off (the base model, for S')."""
+        if self.fused is not None:
+            if torch.is_grad_enabled():
+                raise RuntimeError("a DDA fused for sampling (fuse_lora) cannot train: its LoRA is merged into copies")
+            return self.fused["styled" if use_lora else "base"](noisy_latents, timesteps, encoder_hidden_states).sample
         if use_lora:
             return self.unet(noisy_latents, timesteps, encoder_hidden_states).sample
         with self.lora_disabled():

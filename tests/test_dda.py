@@ -87,6 +87,63 @@ def test_fgmm_weight_map_and_exact_zero():
     assert fgmm.region_weights.grad.tolist() == [1.0, 1.0, 1.0, 0.0]  # no eyes and lips here: no cheeks
 
 
+def test_fgmm_cheeks_blend_inside_the_skin_and_older_weights_load_as_before():
+    from models.fgmm import FGMM, cheek_map
+
+    _, mask = face_batch(1)
+    cheeks = cheek_map(mask)
+    assert cheeks.shape == (1, 1, RES, RES) and cheeks.max() > 0.5
+    assert not cheeks[(mask != 3).unsqueeze(1)].any()  # only on the skin
+    assert not cheek_map(torch.where(mask == 2, 3, mask)).any()  # no lips: no cheeks
+    fgmm = FGMM(eyes=0.5, lips=2.0, skin=0.1, cheeks=1.1)
+    expected = torch.where(mask == 3, 0.1 + 1.0 * cheeks[:, 0], FGMM(0.5, 2.0, 0.1).weight_map(mask)[:, 0])
+    assert torch.allclose(fgmm.weight_map(mask)[:, 0], expected)
+    # a skin override without one for the cheeks sets both: skin 0 is still no makeup on any skin
+    assert fgmm.weights({"skin": 0.0})["cheeks"] == 0.0
+    assert not fgmm.weight_map(mask, {"skin": 0.0})[(mask == 3).unsqueeze(1)].any()
+    with torch.no_grad():
+        assert torch.equal(fgmm.weight_map(mask, {"skin": 0.3, "cheeks": 0.3}), FGMM(0.5, 2.0, 0.3).weight_map(mask))
+    # a state saved before the cheeks (three weights): the cheeks take the skin's, the map is the old one
+    old = FGMM()
+    old.load_state_dict({"region_weights": torch.tensor([0.9, 1.2, 0.08])})
+    assert old.weights() == pytest.approx({"eyes": 0.9, "lips": 1.2, "skin": 0.08, "cheeks": 0.08})
+    with torch.no_grad():
+        lookup = torch.tensor([0.0, 0.9, 1.2, 0.08])
+        assert torch.equal(old.weight_map(mask), lookup[mask].unsqueeze(1))
+
+
+def test_region_gains_fit_the_skin_and_its_cheeks_apart():
+    from models.fgmm import FGMM, fit_region_gains
+
+    _, mask = face_batch(2)
+    change = torch.randn(2, 3, RES, RES)
+    with torch.no_grad():
+        wanted = change * FGMM(eyes=1.3, lips=0.7, skin=0.2, cheeks=1.1).weight_map(mask)
+    gains = fit_region_gains(change, wanted, mask)
+    assert gains == {
+        "eyes": pytest.approx(1.3),
+        "lips": pytest.approx(0.7),
+        "skin": pytest.approx(0.2),
+        "cheeks": pytest.approx(1.1),
+    }
+    assert fit_region_gains(change, wanted, torch.where(mask == 1, 3, mask))["cheeks"] is None  # no eyes
+
+
+def test_resume_pads_an_older_checkpoints_fgmm_moments():
+    from dda_training import _pad_fgmm_moments
+    from models.fgmm import FGMM
+
+    fgmm = FGMM()
+    optimizer = torch.optim.AdamW(fgmm.parameters())
+    moments = {"step": torch.tensor(3.0), "exp_avg": torch.tensor([1.0, 2.0, 3.0]), "exp_avg_sq": torch.ones(3)}
+    optimizer.state[fgmm.region_weights] = moments
+    _pad_fgmm_moments(optimizer, fgmm.region_weights)
+    assert optimizer.state[fgmm.region_weights]["exp_avg"].tolist() == [1.0, 2.0, 3.0, 3.0]
+    assert optimizer.state[fgmm.region_weights]["step"].dim() == 0  # not a moment: left alone
+    fgmm(torch.ones(1, 3, 4, 4), torch.full((1, 4, 4), 3)).sum().backward()
+    optimizer.step()  # the moments fit the four weights
+
+
 # --------------------------------------------------------------------------------------------
 # Tiny SD and base-model errors
 # --------------------------------------------------------------------------------------------

@@ -191,3 +191,38 @@ def test_lora_dropout_acts_in_training_only(tiny_sd):
     with torch.no_grad():
         c, d = (dda.unet(latent, t, text).sample for _ in range(2))
     assert torch.equal(c, d)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_fused_lora_samples_as_the_unfused_dda(tiny_sd, conditioned):
+    """fuse_lora (stage 3's default): plain UNet copies with the LoRA merged (styled run) and without it (base
+    run) give the unfused DDA's output to float rounding; the DDA's saved state is unchanged; it cannot train."""
+    from models.dda import DDA
+    from models.sd_base import load_base_model
+
+    torch.manual_seed(0)
+    base = load_base_model(tiny_sd)
+    dda = DDA(base, prompt="a face", resolution=RES, lora_rank=4, lora_alpha=8.0, region_conditioning=conditioned)
+    dda.set_trainable()
+    with torch.no_grad():
+        for name, p in dda.named_parameters():
+            if "lora_B" in name or "region_conditioning" in name:
+                p.normal_(0, 0.5)
+    dda.eval()
+    source, mask = face_batch(2)
+
+    def sample():
+        return dda.img2img(source, mask, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+
+    unfused, state = sample(), dda.state()
+    base_only = dda.img2img(source, mask, region_weights={"eyes": 0, "lips": 0, "skin": 0})
+    dda.fuse_lora()
+    fused = sample()
+    # the random tiny UNet amplifies rounding (the shipped prior's DDA: 3e-6); a wrong merge is off by the LoRA's effect
+    assert (unfused - base_only).abs().max() > 0.1
+    assert torch.allclose(fused, unfused, atol=3e-3)
+    after = dda.state()
+    assert after["lora"].keys() == state["lora"].keys()
+    assert all(torch.equal(after["lora"][k], state["lora"][k]) for k in state["lora"])
+    with pytest.raises(RuntimeError, match="fuse_lora"):
+        dda.training_forward(source, source, mask)

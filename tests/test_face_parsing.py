@@ -91,3 +91,25 @@ def test_makeup_regions_from_a_synthetic_fine_map():
     assert not lid[:30].any() and not lid[60:].any()
     assert (makeup[55:65, 45:55] == 3).all()  # the nose is skin
     assert (makeup[5:10] == 0).all()  # hair is background
+
+
+def test_cheek_map_sits_where_a_template_puts_the_blush(parser):
+    """FGMM's cheek map, placed from the makeup mask alone, peaks on MediaPipe's cheek landmarks (205, 425:
+    the centres of a template's blush) on every sample face, and is zero off the skin."""
+    import torch
+
+    from data.makeup_render import CHEEKS
+    from models.fgmm import cheek_map
+
+    checked = 0
+    for path in SAMPLE_FACES[:6]:
+        parse = parser.parse(read_rgb(path))
+        assert parse is not None, path
+        cheeks = cheek_map(torch.from_numpy(parse.makeup.astype(np.int64))[None])[0, 0].numpy()
+        for index in CHEEKS:
+            x, y = np.round(parse.landmarks[index]).astype(int)
+            assert cheeks[y, x] > 0.8, (path.name, index, float(cheeks[y, x]))  # within 0.13 eye distances
+        assert not cheeks[parse.makeup != 3].any()
+        assert cheeks.max() <= 1.0 and (cheeks > 0).mean() < 0.5 * (parse.makeup == 3).mean() + 0.1
+        checked += 1
+    assert checked == 6

@@ -159,10 +159,18 @@ def test_amplify_loads_a_conditioned_dda_and_feeds_each_face_its_parse(tiny_sd, 
         dda.region_conditioning.conv.weight.normal_(0, 0.2)
     save_checkpoint({"dda": dda.state()}, tmp_path / "dda_final.pt")
     cfg = OmegaConf.create(
-        {"checkpoint": str(tmp_path / "dda_final.pt"), "styles": None, "strength": None, "num_steps": None,
-         "scheduler": None, "guidance_scale": 1.0, "region_weights": {"eyes": None, "lips": None, "skin": None},
-         "model": {"dtype": "float32", "pretrained": None}, "resolution": None}
-    )  # fmt: skip
+        {
+            "checkpoint": str(tmp_path / "dda_final.pt"),
+            "styles": None,
+            "strength": None,
+            "num_steps": None,
+            "scheduler": None,
+            "guidance_scale": 1.0,
+            "region_weights": {"eyes": None, "lips": None, "skin": None},
+            "model": {"dtype": "float32", "pretrained": None, "fuse_lora": False},
+            "resolution": None,
+        }
+    )  # fmt: skip  (unfused: bit for bit as the DDA itself; fused agrees to rounding, test_dda_path.py)
     models, resolution = dda_amplify.build_models(cfg, torch.device("cpu"))
     assert resolution == RES and models[cfg.checkpoint].region_conditioning is not None
     dda_amplify.resolve_sampling(cfg, models[cfg.checkpoint])
