@@ -502,7 +502,7 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     models = {}
     for checkpoint, _ in style_groups(cfg):
         models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
-        if cfg.model.get("fuse_lora", True):
+        if cfg.model.get("fuse_lora", False):
             models[checkpoint].fuse_lora()
     resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)
     return models, resolution

@@ -151,6 +151,9 @@ def bench_gpu(args, prepared_512: list | None) -> dict:
     per_batch = dda_images_per_second(dda, prepared_512, args.gpu_batch_sizes, args.repeats, device, cfg)
     best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
     rate = per_batch[best]["images_per_second"]
+    fused = None
+    if args.fuse_lora:  # dda_amplify.py model.fuse_lora=true: the LoRA merged into plain UNet copies
+        fused = dda_images_per_second(dda.fuse_lora(), prepared_512, [int(best)], args.repeats, device, cfg)[best]
     return {
         "measured": True,
         "device": torch.cuda.get_device_name(0),
@@ -162,6 +165,7 @@ def bench_gpu(args, prepared_512: list | None) -> dict:
         "hours_for_20000_faces": round(20000 / rate / 3600, 2),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "fused_lora_at_fastest_batch": fused,
     }
 
 
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gpu-batch-sizes", default="1,4,8,16", help="GPU batch sizes (SD 1.5, fp16, 512)")
     parser.add_argument("--pretrained", default=None, help="local SD 1.5 folder for the GPU part")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fuse-lora", action="store_true", help="GPU: also time the fastest batch with the LoRA fused")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)

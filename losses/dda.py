@@ -27,11 +27,9 @@ class DDALoss(torch.nn.Module):
         eyeliner: float = 0.5,
         region_weights=None,
         diffusion_region_weights=None,
-        chroma: float = 0.0,
     ):
         super().__init__()
         self.diffusion_weight = float(diffusion)
-        self.chroma_weight = float(chroma)
         self.l1 = L1Loss(l1)
         self.eyeliner = EyelinerLoss(eyeliner, eye_label=MAKEUP_LABELS["eyes"])
         self.register_buffer("region_table", region_weight_table(region_weights))
@@ -45,7 +43,7 @@ class DDALoss(torch.nn.Module):
         loss.diffusion_region_weights)."""
         loss = cfg.loss
         weights, cell_weights = dict(loss.region_weights), dict(loss.diffusion_region_weights)
-        return cls(loss.diffusion, loss.l1, loss.eyeliner, weights, cell_weights, loss.get("chroma", 0.0))
+        return cls(loss.diffusion, loss.l1, loss.eyeliner, weights, cell_weights)
 
     def diffusion_mse(self, noise_pred: torch.Tensor, noise_target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The noise MSE, weighted per latent cell by `diffusion_region_weights` (plain MSE when all are 1)."""
@@ -61,14 +59,5 @@ class DDALoss(torch.nn.Module):
         pixel_weight = self.region_table.to(mask.device)[mask].unsqueeze(1)  # (B, 1, H, W)
         terms["l1"] = self.l1(out["composite"], target, pixel_weight=pixel_weight)
         terms["eyeliner"] = self.eyeliner(out["composite"], target, mask, has_mask)
-        if self.chroma_weight > 0:  # the colour apart from the lightness: the L1 of Cb and Cr, weighted as the L1
-            error = (chroma(out["composite"]) - chroma(target)).abs()
-            terms["chroma"] = self.chroma_weight * weighted_mean(error, pixel_weight)
         terms["total"] = sum(terms.values())
         return terms
-
-
-def chroma(rgb: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 2, H, W): the Cb and Cr of ITU-R BT.601 (YCbCr without the luma), same scale."""
-    r, g, b = rgb.unbind(1)
-    return torch.stack([-0.168736 * r - 0.331264 * g + 0.5 * b, 0.5 * r - 0.418688 * g - 0.081312 * b], 1)

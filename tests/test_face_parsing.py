@@ -102,7 +102,7 @@ def test_cheek_map_sits_where_a_template_puts_the_blush(parser):
     from models.fgmm import cheek_map
 
     checked = 0
-    for path in SAMPLE_FACES[:6]:
+    for path in sorted(SAMPLE_FACES.glob("*.jpg"))[:6]:
         parse = parser.parse(read_rgb(path))
         assert parse is not None, path
         cheeks = cheek_map(torch.from_numpy(parse.makeup.astype(np.int64))[None])[0, 0].numpy()
