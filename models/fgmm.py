@@ -41,43 +41,41 @@ def cheek_map(makeup_mask: torch.Tensor) -> torch.Tensor:
     """(B, H, W) labels -> (B, 1, H, W) in [0, 1]: a Gaussian on each cheek, inside the skin (label 3) only.
 
     Placed from the mask: the eye region's pixels split into two eyes at their mean x, the lips' centroid
-    gives the face's downward axis. A mask without two eyes and lips gets no cheeks (zeros).
+    gives the face's downward axis. A mask without two eyes and lips gets no cheeks (zeros). Written without
+    data-dependent shapes or branches, so it also runs on the meta device (bench/meta_accounting.py).
     """
     mask = makeup_mask.long()
-    batch, height, width = mask.shape
-    out = torch.zeros(batch, 1, height, width, device=mask.device)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32, device=mask.device),
-        torch.arange(width, dtype=torch.float32, device=mask.device),
-        indexing="ij",
-    )
-    for b in range(batch):
-        eye_y, eye_x = (v.float() for v in torch.nonzero(mask[b] == 1, as_tuple=True))
-        lip_y, lip_x = (v.float() for v in torch.nonzero(mask[b] == 2, as_tuple=True))
-        if eye_x.numel() < 2 or lip_x.numel() < 1:
-            continue
-        first = eye_x < eye_x.mean()
-        if bool(first.all()) or not bool(first.any()):
-            continue
-        eyes = [torch.stack([eye_x[side].mean(), eye_y[side].mean()]) for side in (first, ~first)]
-        lips = torch.stack([lip_x.mean(), lip_y.mean()])
-        across = eyes[1] - eyes[0]
-        iod = across.norm()
-        if float(iod) < 1:
-            continue
-        across = across / iod
-        down = torch.stack([-across[1], across[0]])
-        drop = (lips - (eyes[0] + eyes[1]) / 2) @ down
-        if float(drop) < 0:
-            down, drop = -down, -drop
-        sigma = CHEEK_SIGMA * iod
-        blob = torch.zeros(height, width, device=mask.device)
-        for eye, side in zip(eyes, (-1.0, 1.0)):
-            centre = eye + CHEEK_DOWN * drop * down + side * CHEEK_OUT * iod * across
-            d2 = (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2
-            blob = torch.maximum(blob, torch.where(d2 < (3 * sigma) ** 2, torch.exp(-d2 / (2 * sigma**2)), 0.0))
-        out[b, 0] = blob * (mask[b] == 3)
-    return out
+    _, height, width = mask.shape
+    ys = torch.arange(height, dtype=torch.float32, device=mask.device).view(1, height, 1)
+    xs = torch.arange(width, dtype=torch.float32, device=mask.device).view(1, 1, width)
+
+    def centroid(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = region.sum((1, 2))
+        x = (region * xs).sum((1, 2)) / count.clamp_min(1)
+        y = (region * ys).sum((1, 2)) / count.clamp_min(1)
+        return torch.stack([x, y], 1), count
+
+    eyes = (mask == 1).float()
+    middle, _ = centroid(eyes)
+    first_side = eyes * (xs < middle[:, :1, None]).float()
+    first, first_count = centroid(first_side)
+    second, second_count = centroid(eyes - first_side)
+    lips, lips_count = centroid((mask == 2).float())
+    across = second - first
+    iod = across.norm(dim=1)
+    across = across / iod.clamp_min(1e-6)[:, None]
+    down = torch.stack([-across[:, 1], across[:, 0]], 1)
+    drop = ((lips - (first + second) / 2) * down).sum(1)
+    down = torch.where((drop < 0)[:, None], -down, down)
+    drop = drop.abs()
+    sigma = (CHEEK_SIGMA * iod).clamp_min(1e-6)[:, None, None]
+    blob = torch.zeros_like(eyes)
+    for eye, side in ((first, -1.0), (second, 1.0)):
+        centre = eye + CHEEK_DOWN * drop[:, None] * down + side * CHEEK_OUT * iod[:, None] * across
+        d2 = (xs - centre[:, :1, None]) ** 2 + (ys - centre[:, 1:, None]) ** 2
+        blob = torch.maximum(blob, torch.where(d2 < (3 * sigma) ** 2, torch.exp(-d2 / (2 * sigma**2)), 0.0))
+    found = (first_count >= 1) & (second_count >= 1) & (lips_count >= 1) & (iod >= 1)
+    return (blob * (mask == 3) * found[:, None, None]).unsqueeze(1)
 
 
 class FGMM(nn.Module):
@@ -126,7 +124,7 @@ class FGMM(nn.Module):
         weight = lookup[labels].unsqueeze(1)
         skin, cheeks = table[2], table[3]
         # equal and not training: the map is the three regions' exactly (training: the cheeks' weight gets its gradient)
-        if bool(cheeks != skin) or (torch.is_grad_enabled() and table.requires_grad):
+        if (torch.is_grad_enabled() and table.requires_grad) or bool(cheeks != skin):
             weight = weight + (cheeks - skin) * cheek_map(labels).to(weight)
         return weight
 
