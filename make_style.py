@@ -211,13 +211,17 @@ class Timings:
     def stage_ended(self) -> None:
         """Keep the machine's 1-minute load as a stage ends: the card reports that, not the load of a later rerun
         that only rewrites the card (e.g. with --quality)."""
-        atomic_write_text(self.path.with_name("load.json"), json.dumps({"load_1min": round(os.getloadavg()[0], 2)}))
+        atomic_write_text(self.load_path, json.dumps({"load_1min": round(os.getloadavg()[0], 2)}))
 
     @property
     def load(self) -> float:
         """The load when the last stage ended (now, for a folder made before it was kept)."""
-        path = self.path.with_name("load.json")
+        path = self.load_path
         return json.loads(path.read_text())["load_1min"] if path.is_file() else os.getloadavg()[0]
+
+    @property
+    def load_path(self) -> Path:
+        return self.path.with_name("load.json")
 
 
 def run_stage(stage: Stage, log_path: Path, timings: Timings) -> None:

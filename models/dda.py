@@ -331,9 +331,11 @@ class DDA(nn.Module):
         styled run) and one without it (the base run S'), which every later UNet call uses instead.
 
         peft's LoRA layers run two small extra matmuls and their own bookkeeping per layer, and its switch for the
-        base run walks the whole UNet: on the prior on one CPU thread a UNet call at batch 4 takes 0.83 s with the
-        LoRA on, 0.74 s with it off and 0.67 s merged. The results agree with the unfused DDA to float rounding,
-        not bit for bit. It costs two more UNets' memory (SD 1.5 in fp16: 3.4 GB). Training needs the unfused DDA.
+        base run walks the whole UNet: on the prior on one quiet CPU thread a UNet call at batch 4 takes 0.233 s
+        with the LoRA on, 0.204 s off and 0.208 s merged; stage 3 as a whole gains less than its run-to-run spread
+        (docs/decisions.md, `dda_amplify: model.fuse_lora`). The results agree with the unfused DDA to float
+        rounding, not bit for bit. It costs two more UNets' memory (SD 1.5 in fp16: 3.4 GB). Training needs the
+        unfused DDA.
         """
         from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -122,7 +122,7 @@ class FGMM(nn.Module):
         lookup = torch.cat([table.new_zeros(1), table[: len(REGIONS)]])  # index 0 = background
         labels = makeup_mask.long().clamp(0, len(REGIONS))
         weight = lookup[labels].unsqueeze(1)
-        skin, cheeks = table[2], table[3]
+        skin, cheeks = table[WEIGHTS.index("skin")], table[WEIGHTS.index("cheeks")]
         # equal and not training: the map is the three regions' exactly (training: the cheeks' weight gets its gradient)
         if (torch.is_grad_enabled() and table.requires_grad) or bool(cheeks != skin):
             weight = weight + (cheeks - skin) * cheek_map(labels).to(weight)
