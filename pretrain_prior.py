@@ -350,6 +350,7 @@ def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
     vae.train()
     use_optimizer(parts, state, torch.optim.AdamW(trainable, lr=float(cfg.decoder.lr), weight_decay=0.0))
     batch_size, edge_weight = int(cfg.decoder.batch_size), float(cfg.decoder.edge_weight)
+    jitter = float(cfg.decoder.get("colour_jitter", 0.0))
 
     def step() -> float:
         index = torch.randint(len(plain), (batch_size,), generator=generator)
@@ -357,6 +358,10 @@ def train_decoder(cfg, run_dir, state, parts, faces, generator, clock) -> None:
         images = to_model(faces["train"][index])
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         latents = torch.where(flip.view(-1, 1, 1, 1), flipped[index], plain[index])
+        images, picked = colour_jitter(images, jitter, generator, return_picked=True)
+        if bool(picked.any()):  # recoloured faces have no cached latents: the frozen encoder's, made here
+            with torch.no_grad():
+                latents[picked] = vae.encode(images[picked]).latent_dist.mean
         recon = vae.decode(latents).sample
         loss = F.l1_loss(recon, images)
         if edge_weight > 0:

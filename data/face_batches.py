@@ -21,10 +21,15 @@ def random_batch(images: torch.Tensor, batch_size: int, generator: torch.Generat
     return batch
 
 
-def colour_jitter(batch: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Rotate the hue and scale the saturation of a share of the images (YIQ chroma plane)."""
+def colour_jitter(
+    batch: torch.Tensor, fraction: float, generator: torch.Generator, return_picked: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the hue and scale the saturation of a share of the images (YIQ chroma plane).
+
+    `return_picked`: also the (B,) bool mask of the images that were changed (the rest come back as they were).
+    """
     if fraction <= 0:
-        return batch
+        return (batch, torch.zeros(batch.shape[0], dtype=torch.bool)) if return_picked else batch
     b = batch.shape[0]
     pick = (torch.rand(b, generator=generator) < fraction).view(b, 1, 1)
     angle = (torch.rand(b, generator=generator) * 2 - 1) * math.pi
@@ -36,5 +41,5 @@ def colour_jitter(batch: torch.Tensor, fraction: float, generator: torch.Generat
     mix[:, 1:, 1:] = chroma
     mix = torch.where(pick, mix, torch.eye(3).expand(b, 3, 3))
     transform = torch.linalg.inv(to_yiq) @ mix @ to_yiq  # (B, 3, 3) in RGB
-    out = torch.einsum("bij,bjhw->bihw", transform, batch)
-    return out.clamp(-1, 1)
+    out = torch.where(pick.view(b, 1, 1, 1), torch.einsum("bij,bjhw->bihw", transform, batch).clamp(-1, 1), batch)
+    return (out, pick.view(b)) if return_picked else out

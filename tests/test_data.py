@@ -154,3 +154,22 @@ def test_joint_affine_moves_source_target_and_mask_together(tmp_path):
     assert torch.equal(plain[0]["mask"], torch.from_numpy(mask).long())  # all zero: the identity
     with pytest.raises(ValueError, match="scale"):
         JointAffine(scale=1.5)
+
+
+def test_colour_jitter_changes_only_the_picked_faces():
+    """The decoder phase encodes the recoloured faces again: the mask must name exactly the changed ones."""
+    import torch
+
+    from data.face_batches import colour_jitter
+
+    batch = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.4 - 0.2  # no clamping below
+    out, picked = colour_jitter(batch, 0.5, torch.Generator().manual_seed(1), return_picked=True)
+    assert 0 < int(picked.sum()) < 16
+    assert torch.equal(out[~picked], batch[~picked])  # the rest bit for bit
+    assert all(not torch.allclose(out[i], batch[i], atol=1e-3) for i in torch.nonzero(picked).flatten())
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # a hue/saturation change keeps the luma (unclamped)
+    assert torch.allclose((out * luma).sum(1), (batch * luma).sum(1), atol=1e-4)
+    plain, none = colour_jitter(batch, 0.0, torch.Generator(), return_picked=True)
+    assert plain is batch and not none.any()
+    same = colour_jitter(batch, 0.5, torch.Generator().manual_seed(1))  # without the mask: the same images
+    assert torch.equal(same, out)

@@ -108,6 +108,7 @@ def test_decoder_phase_from_a_shipped_prior_keeps_its_latent_space(faces, shippe
     base = shipped_base
     out, shipped = tmp_path / "decoder", tmp_path / "decoder_shipped"
     extra = ["decoder.steps=2", "decoder.batch_size=2", "decoder.warmup_steps=1", "decoder.lr=1e-2"]
+    extra += ["decoder.colour_jitter=1.0"]  # every face recoloured: encoded on the fly by the frozen encoder
     first = run(faces, out, f"init_from={base}", "stop_after=0.0001", *extra)  # a slice: one decoder step
     assert first == {"finished": False, "phase": "decoder", "step": 1}
     summary = run(faces, out, f"init_from={base}", f"ship_dir={shipped}", *extra)
