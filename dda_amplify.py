@@ -181,7 +181,7 @@ def keep_source_outside_makeup(
 # The loop
 # --------------------------------------------------------------------------------------------
 def run_settings(cfg: DictConfig, resolution: int) -> dict:
-    return {
+    settings = {
         "strength": float(cfg.strength),
         "num_steps": int(cfg.num_steps),
         "scheduler": str(cfg.scheduler),
@@ -191,6 +191,9 @@ def run_settings(cfg: DictConfig, resolution: int) -> dict:
         "resolution": int(resolution),
         "eye_region": str(cfg.face.eye_region),
     }
+    if not cfg.get("fgmm_colour", True):  # recorded only when off: earlier runs' records still match
+        settings["fgmm_colour"] = False
+    return settings
 
 
 def write_pair(out_dir: Path, name: str, face: PreparedFace, target: np.ndarray) -> None:
@@ -502,6 +505,8 @@ def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
     models = {}
     for checkpoint, _ in style_groups(cfg):
         models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
+        if not cfg.get("fgmm_colour", True):  # the DDA's raw colours, without stage 2's fitted matrices
+            models[checkpoint].fgmm.set_colours({})
         if cfg.model.get("fuse_lora", False):
             models[checkpoint].fuse_lora()
     resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)

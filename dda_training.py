@@ -66,7 +66,7 @@ from losses.dda import DDALoss
 from models.dda import DDA
 from models.dda_io import build_dda, load_dda, save_lora
 from models.dda_optim import LatentCache, NonFiniteSteps, build_optimizer, prepare_training, train_step
-from models.fgmm import fit_region_gains
+from models.fgmm import WEIGHTS, fit_region_colour, fit_region_gains
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dda.yaml"
 SAMPLE_FACES = Path(__file__).resolve().parent / "data" / "samples" / "faces"
@@ -322,6 +322,7 @@ def write_summary(run_dir: Path, cfg, run: dict, calibration: dict | None) -> di
         "final_loss": run["last_terms"],
         "rdm_alpha": float(dda.rdm.alpha.detach()),
         "fgmm_weights": dda.fgmm.weights(),
+        "fgmm_colour": run.get("colour"),
         "region_conditioning": dda.region_conditioning is not None,
         "calibration": calibration,
         "trainable_params": run["counts"],
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
     require_dir(cfg.data.root, "dataset folder", key="data.root")  # before any output is made
     run_dir = prepare_run_dir(cfg)
     run = train(cfg, run_dir, resume_ckpt, args.resume)
+    run["colour"] = fit_colour(cfg, run["dda"], run["dataset"], range(len(run["pairs"])))
     calibration = calibrate(cfg, run, run_dir) if cfg.calibrate > 0 else None
     dda, state = run["dda"], run["state"]
     final = checkpoint_state(dda, run["optimizer"], run["scaler"], cfg, cfg.train.epochs, state, run["last_terms"])
@@ -362,6 +364,7 @@ def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str 
     eye_region = seed_eye_region(cfg.data.root)  # the seeds' mask convention: parsed masks and stage 3 follow it
     dataset, pairs = build_data(cfg, run_dir, eye_region)
     check_calibrate(cfg, len(pairs))
+    colour_regions(cfg)
     holdout_path = find_holdout_face(cfg, {p.name for p in pairs})
     holdout = load_holdout(holdout_path, cfg.train.resolution, eye_region)
     dda, use_fp16 = build_model(cfg, device)
@@ -455,12 +458,14 @@ def calibrate(cfg, run: dict, run_dir: Path) -> dict:
     for k in range(int(cfg.calibrate)):
         fold_dir = run_dir / "calibration" / f"fold_{k}"
         fold_dda = train_fold(cfg, pairs, k, fold_dir)
+        fit_colour(cfg, fold_dda, dataset, [j for j in range(len(pairs)) if j != k])  # on the fold's own pairs
         source, target, mask = _unflipped(dataset, k)
         generator = torch.Generator().manual_seed(cfg.train.sample_seed + k)
         with torch.no_grad():
             output = fold_dda.img2img(source[None], mask[None], generator=generator).float().cpu()
         gains = fit_region_gains(output - source[None], target[None] - source[None], mask[None])
-        folds.append({"held_out": pairs[k].name, "fgmm": fold_dda.fgmm.weights(), "gains": gains})
+        folds.append({"held_out": pairs[k].name, "fgmm": fold_dda.fgmm.weights(), "gains": gains,
+                      "colour": fold_dda.fgmm.colours()})  # fmt: skip
         log.info("calibration fold %d (held out %s): gains %s", k, pairs[k].name, gains)
         del fold_dda
     setup_logging(run_dir / "train.log")  # the folds logged to their own folders
@@ -482,6 +487,48 @@ def calibrate(cfg, run: dict, run_dir: Path) -> dict:
     )
     return {"folds": folds, "mean_gains": mean_gains, "learned_fgmm": learned, "calibrated_fgmm": calibrated,
             "seconds": round(seconds, 1)}  # fmt: skip
+
+
+def colour_regions(cfg) -> list[str]:
+    """`fgmm.colour`: the regions that get a fitted colour matrix ([] or null: none)."""
+    regions = list(cfg.fgmm.get("colour") or [])
+    unknown = [r for r in regions if r not in WEIGHTS]
+    if unknown:
+        raise ConfigError(
+            f"config key 'fgmm.colour' names unknown region(s) {unknown} (expected a list of {', '.join(WEIGHTS)})"
+        )
+    return regions
+
+
+def fit_colour(cfg, dda: DDA, dataset: PairedDataset, indices) -> dict | None:
+    """FGMM's colour matrices (`fgmm.colour`), fitted on the DDA's own makeup of the pairs `indices` (unflipped,
+    its current FGMM weights deciding where it paints; `fit_region_colour`); regions the fit rejects, and the rest,
+    keep the identity. Returns the matrices set, or None when `fgmm.colour` is off.
+
+    Starts from the identity, so a resumed or repeated fit gives the same matrices. The DDA's change and the target's
+    are gathered over all the pairs first: one least squares per region.
+    """
+    regions = colour_regions(cfg)
+    if not regions:
+        return None
+    started = time.perf_counter()
+    dda.fgmm.set_colours({})
+    changes, wanted, masks = [], [], []
+    for index in indices:
+        source, target, mask = _unflipped(dataset, index)
+        generator = torch.Generator().manual_seed(cfg.train.sample_seed + index)
+        with torch.no_grad():
+            styled = dda.makeup_signal(source[None], mask[None], generator=generator).float().cpu()
+        changes.append(styled - source[None])
+        wanted.append(target[None] - source[None])
+        masks.append(mask[None])
+    fits = fit_region_colour(torch.cat(changes), torch.cat(wanted), torch.cat(masks), regions)
+    dda.fgmm.set_colours({name: matrix for name, matrix in fits.items() if matrix is not None})
+    kept = ", ".join(name for name, matrix in fits.items() if matrix is not None) or "none"
+    log.info(
+        "FGMM colour matrices fitted on %d pair(s) (%s) in %.1f s", len(indices), kept, time.perf_counter() - started
+    )
+    return dda.fgmm.colours()
 
 
 def train_fold(cfg, pairs: list, held_out: int, fold_dir: Path) -> DDA:

@@ -491,7 +491,8 @@ class DDA(nn.Module):
         guidance_scale: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """The styled image before FGMM compositing: decode(LoRA run) + alpha * (S - decode(base run)).
+        """The styled image before FGMM compositing: decode(LoRA run) + alpha * (S - decode(base run)), its change
+        turned by FGMM's colour matrices where they are set (with a mask).
 
         (B, 3, H, W) in float32, not clamped. With a mask, source latents are copied back outside the
         regions whose weight is non-zero while denoising. Use `composite` to place it (or several
@@ -519,7 +520,13 @@ class DDA(nn.Module):
         base_latents = self._denoise(z_source, editable, use_lora=False, generator=base_generator, **settings)
         decoded = self.decode(styled_latents).float()
         reconstruction = self.decode(base_latents).float()
-        return self.rdm.restore(decoded, source, reconstruction)
+        styled = self.rdm.restore(decoded, source, reconstruction)
+        if makeup_mask is not None:  # FGMM's fitted colour matrices (identity: styled as it is, bit for bit)
+            change = styled - source
+            recoloured = self.fgmm.recolour(change, makeup_mask)
+            if recoloured is not change:
+                styled = source + recoloured
+        return styled
 
     def composite(
         self,
@@ -620,6 +627,7 @@ class DDA(nn.Module):
             "lora_targets": self.lora_targets,
             "rdm_alpha": float(self.rdm.alpha.detach()),
             "fgmm": self.fgmm.weights(),
+            "fgmm_colour": self.fgmm.colours(),
             "region_conditioning": self.region_conditioning is not None,
             "eye_region": self.eye_region,
             "vae_upcast": self.vae_upcast,

@@ -195,4 +195,5 @@ def _dda_from_settings(settings: dict, base: dict) -> DDA:
         vae_upcast=settings.get("vae_upcast", "auto"),  # auto before it existed (diffusers' pipelines' rule)
     )
     dda.eye_region = settings.get("eye_region", "lid")  # lid before the key existed
+    dda.fgmm.set_colours(settings.get("fgmm_colour"))  # identity before the key existed
     return dda

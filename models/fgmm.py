@@ -19,6 +19,14 @@ on the blush). So inside the skin the weight blends from `skin` to `cheeks` by a
 landmarks and works on any pair folder's masks). With `cheeks` equal to `skin` the map is the old one, bit
 for bit: a checkpoint saved before the cheeks existed loads with its skin weight there. An override of
 `skin` without one of `cheeks` sets both (skin 0 still means no makeup on any skin).
+
+A scalar weight can only scale the DDA's change, not turn it: the face prior's small VAE carries a lip's
+lightness but hardly its hue (berry lips come out of it mauve, a blush peach), on the seeds as on new faces.
+So each region may also hold a 3x3 colour matrix (`colour`, identity by default) that maps the change's RGB
+(a row vector) before the weight: fitted after training on the DDA's own seed pairs (`fit_region_colour`,
+`dda_training.py fgmm.colour`), divided by its gain along the change so that the weights keep the scale and
+the matrix only turns it. Inside the skin the skin's and the cheeks' matrices blend by the cheek map, as
+their weights do. Identity matrices leave the change bit for bit as it was.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ WEIGHTS = (*REGIONS, "cheeks")  # FGMM's weights: the three regions, and the che
 # 0.64 h down (sd 0.02) and 0.14 IOD out (sd 0.03) from each eye's centroid. The radius (Gaussian sigma,
 # cut at 3 sigma) is 0.2 IOD: a template's blush of size 0.14 has 0.16, a wider one lies partly outside.
 CHEEK_DOWN, CHEEK_OUT, CHEEK_SIGMA = 0.64, 0.14, 0.2
+CHEEK_CORE = 0.3  # the cheek map's value from which a skin pixel counts as cheek in the colour fit
+
+# A colour matrix whose gain along the seeds' change is below this says the region's change is not the
+# target's (noise): that region keeps the identity.
+MIN_COLOUR_GAIN = 0.05
 
 
 def cheek_map(makeup_mask: torch.Tensor) -> torch.Tensor:
@@ -83,13 +96,68 @@ class FGMM(nn.Module):
         super().__init__()
         cheeks = skin if cheeks is None else cheeks
         self.region_weights = nn.Parameter(torch.tensor([eyes, lips, skin, cheeks], dtype=torch.float32))
+        # one 3x3 matrix per weight (eyes, lips, skin, cheeks), applied as change_rgb @ matrix; fitted, not trained
+        self.register_buffer("colour", torch.eye(3).repeat(len(WEIGHTS), 1, 1))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "region_weights"
         saved = state_dict.get(key)
         if saved is not None and saved.shape == (len(REGIONS),):  # saved before the cheeks: they follow the skin
             state_dict[key] = torch.cat([saved, saved[-1:]])
+        if saved is not None and prefix + "colour" not in state_dict:  # saved before the colour matrices
+            state_dict[prefix + "colour"] = torch.eye(3).repeat(len(WEIGHTS), 1, 1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def colours(self) -> dict[str, list[list[float]]]:
+        """The colour matrices that are not the identity, by region name (JSON-friendly)."""
+        eye = torch.eye(3)
+        return {
+            name: [[float(v) for v in row] for row in matrix]
+            for name, matrix in zip(WEIGHTS, self.colour.detach().cpu())
+            if not torch.equal(matrix, eye)
+        }
+
+    def set_colours(self, matrices: dict[str, object] | None) -> None:
+        """Set the named regions' colour matrices (3x3 each); every other region gets the identity."""
+        matrices = dict(matrices or {})
+        for name in matrices:
+            if name not in WEIGHTS:
+                raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(WEIGHTS)})")
+        table = torch.eye(3).repeat(len(WEIGHTS), 1, 1)
+        for name, matrix in matrices.items():
+            matrix = torch.as_tensor(matrix, dtype=torch.float32)
+            if matrix.shape != (3, 3):
+                raise ValueError(f"the colour matrix of '{name}' must be 3x3, not {tuple(matrix.shape)}")
+            table[WEIGHTS.index(name)] = matrix
+        with torch.no_grad():
+            self.colour.copy_(table.to(self.colour.device))
+
+    def recolour(self, change: torch.Tensor, makeup_mask: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) change -> each region's change times its colour matrix; `change` itself where all are identity.
+
+        The skin's pixels blend the skin's and the cheeks' matrices by `cheek_map`; background is left as it is.
+        """
+        eye = torch.eye(3, device=self.colour.device)
+        custom = [not torch.equal(matrix, eye) for matrix in self.colour]
+        if not any(custom):
+            return change
+        labels = makeup_mask.long().to(change.device)
+        colour = self.colour.to(change)
+
+        def turned(name: str) -> torch.Tensor:
+            return torch.einsum("bchw,cd->bdhw", change, colour[WEIGHTS.index(name)])
+
+        result = change
+        for index, name in enumerate(REGIONS, start=1):
+            skin_or_cheeks = name == "skin" and (custom[WEIGHTS.index("skin")] or custom[WEIGHTS.index("cheeks")])
+            if not custom[WEIGHTS.index(name)] and not skin_or_cheeks:
+                continue
+            mapped = turned(name)
+            if name == "skin" and custom[WEIGHTS.index("cheeks")]:
+                cheek = cheek_map(labels).to(change)
+                mapped = mapped + cheek * (turned("cheeks") - mapped)
+            result = torch.where((labels == index).unsqueeze(1), mapped, result)
+        return result
 
     @staticmethod
     def _checked(overrides: dict[str, float] | None) -> dict[str, float]:
@@ -170,3 +238,36 @@ def fit_region_gains(
         skin_gain, cheek_gain = torch.linalg.solve(gram, features.T @ wanted).tolist()
         gains["skin"], gains["cheeks"] = skin_gain, cheek_gain
     return gains
+
+
+def fit_region_colour(
+    change: torch.Tensor, target_change: torch.Tensor, makeup_mask: torch.Tensor, regions=("eyes", "lips", "cheeks")
+) -> dict[str, list[list[float]] | None]:
+    """Per region the 3x3 matrix A with change @ A closest to target_change (least squares over the region's pixels,
+    RGB as row vectors), divided by its gain along the change (<change @ A, change> / <change, change>).
+
+    So A only turns the change's colour and keeps its size: the FGMM weights (learned or calibrated) keep the
+    scale. change, target_change: (B, 3, H, W); makeup_mask (B, H, W) labels. `cheeks`: the skin pixels where the
+    cheek map is at least CHEEK_CORE. None where a region is empty, its change is zero or unrelated to the target
+    (gain below MIN_COLOUR_GAIN), or the fit is singular (a change along fewer than three colour directions).
+    """
+    labels = makeup_mask.long()
+    cheeks = (cheek_map(labels)[:, 0] >= CHEEK_CORE) & (labels == REGIONS.index("skin") + 1)
+    fits: dict[str, list[list[float]] | None] = {}
+    for name in regions:
+        if name not in WEIGHTS:
+            raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(WEIGHTS)})")
+        inside = cheeks if name == "cheeks" else labels == REGIONS.index(name) + 1
+        made = change.permute(0, 2, 3, 1)[inside].double()  # (N, 3)
+        wanted = target_change.permute(0, 2, 3, 1)[inside].double()
+        fits[name] = None
+        gram = made.T @ made
+        energy = float(gram.trace())
+        if made.shape[0] < 3 or energy <= 1e-12 or float(torch.linalg.det(gram)) <= 1e-12 * energy**3:
+            continue
+        matrix = torch.linalg.solve(gram, made.T @ wanted)
+        gain = float(((made @ matrix) * made).sum()) / energy
+        if gain < MIN_COLOUR_GAIN:
+            continue
+        fits[name] = (matrix / gain).tolist()
+    return fits
