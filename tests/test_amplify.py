@@ -659,3 +659,21 @@ def test_real_output_trains_tinybeauty_without_conversion(real_run, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "tb" / "summary.json").read_text())
     assert summary  # stage 4 ran an epoch on the amplified pairs as they are
+
+
+def test_fgmm_colour_false_leaves_the_fitted_colour_matrices_out(tiny_dda_checkpoint, tmp_path):
+    from common import save_checkpoint
+    from models.dda_io import load_dda
+
+    dda = load_dda(tiny_dda_checkpoint)
+    dda.fgmm.set_colours({"lips": [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]})
+    checkpoint = save_checkpoint({"dda": dda.state()}, tmp_path / "dda_final.pt")
+    base = [f"checkpoint={checkpoint}", f"input_dir={tmp_path}", "strength=0.5", "num_steps=4", "scheduler=ddim"]
+    settings = {}
+    for flag, expected in ((True, {"lips"}), (False, set())):
+        cfg = load_config(amp.DEFAULT_CONFIG, [*base, f"fgmm_colour={flag}"])
+        models, _ = amp.build_models(cfg, torch.device("cpu"))
+        assert set(models[str(checkpoint)].fgmm.colours()) == expected
+        settings[flag] = amp.run_settings(cfg, RES)
+    # recorded only when off, so the manifests of runs made before the key still match on resume
+    assert "fgmm_colour" not in settings[True] and settings[False]["fgmm_colour"] is False

@@ -129,6 +129,85 @@ def test_region_gains_fit_the_skin_and_its_cheeks_apart():
     assert fit_region_gains(change, wanted, torch.where(mask == 1, 3, mask))["cheeks"] is None  # no eyes
 
 
+def test_region_colour_fit_recovers_a_turn_and_keeps_the_scale_to_the_weights():
+    from models.fgmm import FGMM, fit_region_colour
+
+    _, mask = face_batch(2)
+    g = torch.Generator().manual_seed(0)
+    change = torch.randn(2, 3, RES, RES, generator=g)
+    turn = torch.tensor([[0.9, 0.3, -0.2], [0.1, 1.1, 0.4], [-0.3, 0.2, 0.8]])  # what the targets' colour is
+    wanted = torch.einsum("bchw,cd->bdhw", change, 1.5 * turn)  # ... and 1.5x as strong
+    fits = fit_region_colour(change, wanted, mask, ("eyes", "lips", "cheeks"))
+    assert set(fits) == {"eyes", "lips", "cheeks"}
+    for name, label in (("eyes", 1), ("lips", 2)):
+        fitted = torch.tensor(fits[name])
+        assert torch.allclose(fitted / fitted[0, 0] * turn[0, 0], turn, atol=1e-4), name  # the turn, up to a scale
+        x = change.permute(0, 2, 3, 1)[mask == label]
+        assert float(((x @ fitted) * x).sum() / x.square().sum()) == pytest.approx(1.0, abs=1e-5)  # ... of gain 1
+    gain = float(((x @ turn) * x).sum() / x.square().sum())  # the lips'
+    fgmm = FGMM()
+    fgmm.set_colours({"lips": fits["lips"]})
+    turned = fgmm.recolour(change, mask)
+    lips = (mask == 2).unsqueeze(1).expand_as(change)
+    assert torch.allclose(turned[lips] * 1.5 * gain, wanted[lips], atol=1e-4)  # the turn; the scale left to weights
+    assert torch.equal(turned[~lips], change[~lips])  # other regions untouched
+    assert fgmm.colours().keys() == {"lips"}
+    # identity everywhere: the very same tensor, so outputs stay bit for bit what they were
+    assert FGMM().recolour(change, mask) is change
+    # what the fit refuses: no change, a change unrelated to the target, a change along one colour only
+    assert fit_region_colour(torch.zeros_like(change), wanted, mask, ("lips",))["lips"] is None
+    assert fit_region_colour(change, -wanted, mask, ("lips",))["lips"] is None
+    grey = change[:, :1].expand(-1, 3, -1, -1)
+    assert fit_region_colour(grey, wanted, mask, ("lips",))["lips"] is None
+    with pytest.raises(ValueError, match="unknown FGMM region"):
+        fit_region_colour(change, wanted, mask, ("nose",))
+    with pytest.raises(ValueError, match="3x3"):
+        fgmm.set_colours({"lips": [[1.0, 0.0], [0.0, 1.0]]})
+
+
+def test_cheek_colour_blends_into_the_skin_and_older_states_load_with_identity():
+    from models.fgmm import FGMM, cheek_map
+
+    _, mask = face_batch(1)
+    change = torch.randn(1, 3, RES, RES, generator=torch.Generator().manual_seed(1))
+    swap = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # red <-> green
+    fgmm = FGMM()
+    fgmm.set_colours({"cheeks": swap})
+    cheek = cheek_map(mask)
+    expected = change + cheek * (change[:, [1, 0, 2]] - change)
+    assert torch.allclose(fgmm.recolour(change, mask), expected)
+    # a state saved before the colour matrices (no buffer) loads with the identity
+    old = FGMM()
+    old.load_state_dict({"region_weights": torch.tensor([0.9, 1.2, 0.08, 0.5])})
+    assert old.colours() == {} and old.recolour(change, mask) is change
+    # ... and one saved with them brings them back exactly
+    again = FGMM()
+    again.load_state_dict(fgmm.state_dict())
+    assert torch.equal(again.colour, fgmm.colour)
+
+
+def test_colour_matrices_travel_with_the_dda_and_turn_its_output(tiny_sd, tmp_path):
+    from models.dda_io import load_dda, save_lora
+
+    dda = make_dda(tiny_sd)
+    source, mask = face_batch(1)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    plain = dda.img2img(source, mask, generator=g())
+    swap = [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    dda.fgmm.set_colours({"lips": swap})
+    turned = dda.img2img(source, mask, generator=g())
+    lips = (mask == 2).unsqueeze(1).expand_as(source)
+    assert torch.allclose(
+        (turned - source)[:, [1, 0, 2]][lips], (plain - source)[lips], atol=1e-5
+    )  # the lips' change, red and green swapped (the composite's clamp aside: the tiny faces stay inside [-1, 1])
+    assert torch.equal(turned[~lips], plain[~lips])
+    torch.save({"dda": dda.state()}, tmp_path / "dda_final.pt")
+    save_lora(dda, tmp_path / "lora")
+    for reloaded in (load_dda(tmp_path / "dda_final.pt"), load_dda(tmp_path / "lora")):
+        assert torch.equal(reloaded.fgmm.colour, dda.fgmm.colour)
+        assert torch.equal(reloaded.img2img(source, mask, generator=g()), turned)
+
+
 def test_resume_pads_an_older_checkpoints_fgmm_moments():
     from dda_training import _pad_fgmm_moments
     from models.fgmm import FGMM

@@ -4,10 +4,11 @@ tiny offline SD model: models/region_conditioning.py, models/dda.py, models/dda_
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from errors import CheckpointError, ConfigError
 from tests.conftest import write_synthetic_pairs
@@ -197,19 +198,31 @@ def test_region_gains_recover_two_from_a_change_half_the_target():
 
 
 @pytest.mark.slow
-def test_calibration_on_a_stand_in_that_makes_half_the_change(tiny_sd, pairs5, tmp_path, monkeypatch):
-    """calibrate=2 on the real stage script, with every fold's DDA replaced by a stand-in whose change is
-    exactly half the target's: the stored FGMM weights become the learned ones x 2, and the folds ran."""
+def test_calibration_on_a_stand_in_that_makes_half_the_change_in_another_colour(tiny_sd, tmp_path, monkeypatch):
+    """calibrate=2 on the real stage script, with every fold's DDA replaced by a stand-in whose change is exactly
+    half the target's, its colour turned 25 degrees about the grey axis: each fold fits the colour matrix that turns
+    it back on its own four pairs (fgmm.colour), the gain on its held-out pair is then 2 along it, and the stored
+    FGMM weights become the learned ones x the mean gains; the folds ran."""
     import dda_training
     from models.dda_io import load_dda
+    from models.fgmm import FGMM
 
-    class HalfTheChange:
+    angle = np.radians(25.0)
+    axis = torch.ones(3) / np.sqrt(3.0)
+    cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    turn = np.cos(angle) * torch.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * torch.outer(axis, axis)
+
+    class HalfTheChangeTurned:
         def __init__(self, dataset):
             self.targets = {float(dataset[i]["source"].sum()): dataset[i]["target"] for i in range(len(dataset))}
+            self.fgmm = FGMM()
+
+        def makeup_signal(self, source, mask, generator=None):
+            change = 0.5 * (self.targets[float(source[0].sum())][None] - source)
+            return source + self.fgmm.recolour(torch.einsum("bchw,cd->bdhw", change, turn), mask)
 
         def img2img(self, source, mask, generator=None):
-            target = self.targets[float(source[0].sum())]
-            return source + 0.5 * (target[None] - source)
+            return self.makeup_signal(source, mask, generator)
 
     trained = []
 
@@ -217,22 +230,46 @@ def test_calibration_on_a_stand_in_that_makes_half_the_change(tiny_sd, pairs5, t
         trained.append(held_out)
         from data.paired import PairedDataset
 
-        stand_in = HalfTheChange(PairedDataset(pairs, size=RES, hflip=False, cache=True))
-        stand_in.fgmm = SimpleNamespace(weights=lambda: {"eyes": 1.0, "lips": 1.0, "skin": 1.0})
-        return stand_in
+        return HalfTheChangeTurned(PairedDataset(pairs, size=RES, hflip=False, cache=True))
 
     monkeypatch.setattr(dda_training, "train_fold", stand_in_fold)
+    # pairs whose eyes and lips change in every colour direction (pairs5's change only along one or two)
+    root = write_synthetic_pairs(tmp_path / "pairs", n=5, size=RES)
+    rng = np.random.default_rng(0)
+    for path in sorted((root / "source").glob("*.png")):
+        source = np.asarray(Image.open(path)).astype(np.int16)
+        mask = np.asarray(Image.open(root / "mask" / path.name))
+        field = rng.integers(-40, 41, size=(4, 4, 3)).astype(np.float32)
+        field = np.stack([np.asarray(Image.fromarray(c).resize((RES, RES), Image.Resampling.BILINEAR)) for c in field.transpose(2, 0, 1)], -1)  # fmt: skip
+        target = np.where(np.isin(mask, (1, 2))[..., None], source + field, source).clip(0, 255).astype(np.uint8)
+        Image.fromarray(target).save(root / "target" / path.name)
     out = tmp_path / "dda"
-    summary = dda_training.main(cli_config(tiny_sd, pairs5, out, "train.epochs=1", "calibrate=2", "data.hflip=false"))
+    summary = dda_training.main(cli_config(tiny_sd, root, out, "train.epochs=1", "calibrate=2", "data.hflip=false"))
     assert trained == [0, 1]
     calibration = summary["calibration"]
-    for region in ("eyes", "lips"):  # pairs5 changes eyes and lips; skin is unchanged (gain ~0)
-        assert calibration["mean_gains"][region] == pytest.approx(2.0, rel=0.02)
+    for fold in calibration["folds"]:
+        for region in ("eyes", "lips"):  # pairs5 changes eyes and lips; skin is unchanged (no colour, gain ~0)
+            turned_back = fold["gains"][region] * torch.tensor(fold["colour"][region])
+            assert torch.allclose(turned_back, 2 * turn.T, atol=2e-3), region
+        assert "cheeks" not in fold["colour"]
+    for region in ("eyes", "lips"):
         expected = calibration["learned_fgmm"][region] * calibration["mean_gains"][region]
         assert calibration["calibrated_fgmm"][region] == pytest.approx(min(expected, 4.0), rel=1e-5)
     loaded = load_dda(out / "dda_final.pt")
     assert loaded.fgmm.weights() == pytest.approx(calibration["calibrated_fgmm"])
     assert summary["fgmm_weights"] == pytest.approx(calibration["calibrated_fgmm"])
+    assert summary["fgmm_colour"] == loaded.fgmm.colours()  # the full DDA's own fit, saved with it
+
+
+def test_calibration_without_colour_and_a_bad_colour_region(tiny_sd, pairs5, tmp_path, monkeypatch):
+    import dda_training
+
+    with pytest.raises(ConfigError, match=r"'fgmm.colour'.*nose"):
+        dda_training.main(cli_config(tiny_sd, pairs5, tmp_path / "o", "train.epochs=1", "fgmm.colour=[lips,nose]"))
+    summary = dda_training.main(
+        cli_config(tiny_sd, pairs5, tmp_path / "off", "train.epochs=1", "data.num_pairs=1", "fgmm.colour=[]")
+    )
+    assert summary["fgmm_colour"] is None
 
 
 def test_calibrate_needs_more_pairs_than_folds(tiny_sd, tmp_path):
