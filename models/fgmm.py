@@ -50,6 +50,13 @@ CHEEK_CORE = 0.3  # the cheek map's value from which a skin pixel counts as chee
 MIN_COLOUR_GAIN = 0.05
 
 
+def check_region_names(names) -> None:
+    """A ValueError naming the first of `names` that is not one of FGMM's weights."""
+    for name in names:
+        if name not in WEIGHTS:
+            raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(WEIGHTS)})")
+
+
 def cheek_map(makeup_mask: torch.Tensor) -> torch.Tensor:
     """(B, H, W) labels -> (B, 1, H, W) in [0, 1]: a Gaussian on each cheek, inside the skin (label 3) only.
 
@@ -120,9 +127,7 @@ class FGMM(nn.Module):
     def set_colours(self, matrices: dict[str, object] | None) -> None:
         """Set the named regions' colour matrices (3x3 each); every other region gets the identity."""
         matrices = dict(matrices or {})
-        for name in matrices:
-            if name not in WEIGHTS:
-                raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(WEIGHTS)})")
+        check_region_names(matrices)
         table = torch.eye(3).repeat(len(WEIGHTS), 1, 1)
         for name, matrix in matrices.items():
             matrix = torch.as_tensor(matrix, dtype=torch.float32)
@@ -149,8 +154,7 @@ class FGMM(nn.Module):
 
         result = change
         for index, name in enumerate(REGIONS, start=1):
-            skin_or_cheeks = name == "skin" and (custom[WEIGHTS.index("skin")] or custom[WEIGHTS.index("cheeks")])
-            if not custom[WEIGHTS.index(name)] and not skin_or_cheeks:
+            if not (custom[WEIGHTS.index(name)] or (name == "skin" and custom[WEIGHTS.index("cheeks")])):
                 continue
             mapped = turned(name)
             if name == "skin" and custom[WEIGHTS.index("cheeks")]:
@@ -162,9 +166,7 @@ class FGMM(nn.Module):
     @staticmethod
     def _checked(overrides: dict[str, float] | None) -> dict[str, float]:
         overrides = dict(overrides or {})
-        for name in overrides:
-            if name not in WEIGHTS:
-                raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(WEIGHTS)})")
+        check_region_names(overrides)
         if "skin" in overrides and "cheeks" not in overrides:
             overrides["cheeks"] = overrides["skin"]
         return overrides
@@ -254,9 +256,8 @@ def fit_region_colour(
     labels = makeup_mask.long()
     cheeks = (cheek_map(labels)[:, 0] >= CHEEK_CORE) & (labels == REGIONS.index("skin") + 1)
     fits: dict[str, list[list[float]] | None] = {}
+    check_region_names(regions)
     for name in regions:
-        if name not in WEIGHTS:
-            raise ValueError(f"unknown FGMM region '{name}' (expected one of {', '.join(WEIGHTS)})")
         inside = cheeks if name == "cheeks" else labels == REGIONS.index(name) + 1
         made = change.permute(0, 2, 3, 1)[inside].double()  # (N, 3)
         wanted = target_change.permute(0, 2, 3, 1)[inside].double()
