@@ -287,6 +287,27 @@ def test_rdm_restores_source_with_lora_off(tiny_sd):
     assert psnr(with_lora, source).max() < 35  # ... and the LoRA's change survives it
 
 
+def test_base_run_switch_matches_diffusers_and_restores_the_lora(tiny_sd):
+    """RDM's base run switches its cached LoRA layers: the same prediction as diffusers' own disable_adapters,
+    the LoRA on and trainable again after, and a UNet whose adapters were already off stays off."""
+    dda = make_dda(tiny_sd)
+    z = torch.randn(1, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(0))
+    t, text = torch.tensor([500]), dda.encode_prompt()
+    lora = [p for n, p in dda.unet.named_parameters() if "lora_" in n]
+    with torch.no_grad():
+        styled = dda.predict_noise(z, t, text)
+        base = dda.predict_noise(z, t, text, use_lora=False)
+        dda.unet.disable_adapters()
+        reference = dda.unet(z, t, text).sample
+        assert torch.equal(dda.predict_noise(z, t, text, use_lora=False), reference)
+        assert torch.equal(dda.predict_noise(z, t, text), reference)  # left off by the caller: stays off
+        dda.unet.enable_adapters()
+        assert torch.equal(dda.predict_noise(z, t, text), styled)
+    assert torch.equal(base, reference) and not torch.equal(base, styled)
+    assert lora and all(p.requires_grad for p in lora)
+    assert len(dda.rdm._lora_layers) == sum(1 for n, _ in dda.unet.named_modules() if n.endswith("lora_A"))
+
+
 def test_fgmm_keeps_pixels_outside_enabled_regions(tiny_sd):
     dda = make_dda(tiny_sd)
     source, mask = face_batch(2)
