@@ -1,7 +1,8 @@
 """Before/after speed of stage 2's training step and stage 3's loop on the CPU with the shipped prior, interleaved.
 
     git archive REV | tar -x -C /tmp/before            # the checkout to compare against (read only)
-    python bench/dda_speed_ab.py --before /tmp/before --rounds 5 --out bench/results/dda_speed_ab.json
+    python bench/dda_speed_ab.py --before /tmp/before --rounds 3 --after-train-args "model.region_conditioning=false" \
+        --out bench/results/dda_speed_ab_30.json     # unpinned, nothing else running: the overlap needs the 2nd core
 
 Each round runs both checkouts ("before" and this one, "after") in alternating order (before-after, then
 after-before, ...), each stage as its own process with one torch thread, so both see the same load:
