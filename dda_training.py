@@ -66,7 +66,7 @@ from losses.dda import DDALoss
 from models.dda import DDA
 from models.dda_io import build_dda, load_dda, save_lora
 from models.dda_optim import LatentCache, NonFiniteSteps, build_optimizer, prepare_training, train_step
-from models.fgmm import WEIGHTS, fit_region_colour, fit_region_gains
+from models.fgmm import check_region_names, fit_region_colour, fit_region_gains
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "dda.yaml"
 SAMPLE_FACES = Path(__file__).resolve().parent / "data" / "samples" / "faces"
@@ -492,11 +492,10 @@ def calibrate(cfg, run: dict, run_dir: Path) -> dict:
 def colour_regions(cfg) -> list[str]:
     """`fgmm.colour`: the regions that get a fitted colour matrix ([] or null: none)."""
     regions = list(cfg.fgmm.get("colour") or [])
-    unknown = [r for r in regions if r not in WEIGHTS]
-    if unknown:
-        raise ConfigError(
-            f"config key 'fgmm.colour' names unknown region(s) {unknown} (expected a list of {', '.join(WEIGHTS)})"
-        )
+    try:
+        check_region_names(regions)
+    except ValueError as err:
+        raise ConfigError(f"config key 'fgmm.colour': {err}") from None
     return regions
 
 

@@ -253,12 +253,14 @@ def fit_region_colour(
     cheek map is at least CHEEK_CORE. None where a region is empty, its change is zero or unrelated to the target
     (gain below MIN_COLOUR_GAIN), or the fit is singular (a change along fewer than three colour directions).
     """
-    labels = makeup_mask.long()
-    cheeks = (cheek_map(labels)[:, 0] >= CHEEK_CORE) & (labels == REGIONS.index("skin") + 1)
-    fits: dict[str, list[list[float]] | None] = {}
     check_region_names(regions)
+    labels = makeup_mask.long()
+    fits: dict[str, list[list[float]] | None] = {}
     for name in regions:
-        inside = cheeks if name == "cheeks" else labels == REGIONS.index(name) + 1
+        if name == "cheeks":
+            inside = (cheek_map(labels)[:, 0] >= CHEEK_CORE) & (labels == REGIONS.index("skin") + 1)
+        else:
+            inside = labels == REGIONS.index(name) + 1
         made = change.permute(0, 2, 3, 1)[inside].double()  # (N, 3)
         wanted = target_change.permute(0, 2, 3, 1)[inside].double()
         fits[name] = None
