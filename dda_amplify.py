@@ -90,7 +90,7 @@ from data.face_parsing import EYE_REGIONS
 from data.io import read_labels, read_rgb
 from errors import ConfigError
 from models.dda import SCHEDULERS
-from models.dda_io import load_dda
+from models.dda_io import AMPLIFIERS, load_amplifier
 from models.fgmm import REGIONS, WEIGHTS  # FGMM regions (labels 1, 2, 3 in the mask: data/paired.py) + cheeks
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dda_amplify.yaml"
@@ -138,24 +138,35 @@ def style_record(cfg: DictConfig) -> str | dict[str, str]:
 
 
 def generate(
-    models: dict, cfg: DictConfig, source: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int]
+    models: dict,
+    cfg: DictConfig,
+    source: torch.Tensor,
+    mask: torch.Tensor,
+    seeds: Sequence[int],
+    drafts: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(B, 3, R, R) in [-1, 1] -> makeup version, same shape. Each sample's noise comes from its own seed."""
-    settings = dict(
-        strength=float(cfg.strength),
-        num_steps=int(cfg.num_steps),
-        scheduler=str(cfg.scheduler),
-        guidance_scale=float(cfg.guidance_scale),
-    )
+    """(B, 3, R, R) in [-1, 1] -> makeup version, same shape. Each sample's noise comes from its own seed.
+
+    Per style, its amplifier (`models.dda_io.Amplifier`): the DDA from the plain face (dda), the drafted face as it
+    is (draft, `drafts[checkpoint]`, made by `draft_faces`), or the DDA from the drafted face (draft+dda: RDM's alpha
+    is 1, so the DDA's change in pixel space is added to the draft, whose liner and hue the VAE could not carry)."""
     target = source.clone()
     for checkpoint, overrides in style_groups(cfg):
         if overrides and all(overrides.get(r) == 0 for r in REGIONS):
             continue  # this style owns no region with any weight
-        dda = models[checkpoint]
-        generators = [torch.Generator(device=source.device).manual_seed(int(s)) for s in seeds]
-        styled = dda.img2img(source, mask, region_weights=overrides, generator=generators, **settings)
-        target = target + (styled.float() - source)  # each style changes only its own regions
+        amplifier = models[checkpoint]
+        start = drafts[checkpoint] if amplifier.draft is not None else source
+        if amplifier.dda is not None:
+            generators = [torch.Generator(device=source.device).manual_seed(int(s)) for s in seeds]
+            start = amplifier.dda.img2img(start, mask, region_weights=overrides, generator=generators,
+                                          **sampling(cfg))  # fmt: skip
+        target = target + (start.float() - source)  # each style changes only its own regions
     return target.clamp(-1, 1)
+
+
+def sampling(cfg: DictConfig) -> dict:
+    return dict(strength=float(cfg.strength), num_steps=int(cfg.num_steps), scheduler=str(cfg.scheduler),
+                guidance_scale=float(cfg.guidance_scale))  # fmt: skip
 
 
 def keep_source_outside_makeup(
@@ -181,10 +192,12 @@ def keep_source_outside_makeup(
 # The loop
 # --------------------------------------------------------------------------------------------
 def run_settings(cfg: DictConfig, resolution: int) -> dict:
+    sampled = cfg.amplifier != "draft"  # the draft alone samples nothing: its sampling settings are null
     settings = {
-        "strength": float(cfg.strength),
-        "num_steps": int(cfg.num_steps),
-        "scheduler": str(cfg.scheduler),
+        "amplifier": str(cfg.amplifier),
+        "strength": float(cfg.strength) if sampled else None,
+        "num_steps": int(cfg.num_steps) if sampled else None,
+        "scheduler": str(cfg.scheduler) if sampled else None,
         "guidance_scale": float(cfg.guidance_scale),
         "region_weights": configured_weights(cfg),  # null: the checkpoint's learned FGMM weight
         "style": style_record(cfg),
@@ -216,6 +229,7 @@ class AmplifyContext:
     parser: Any  # data.face_parsing.FaceParser
     settings: dict  # run_settings(): recorded with every pair and checked on resume
     pending: set[int]  # Job.index of the pairs this process still has to write
+    groups: list  # style_groups(cfg): (checkpoint, FGMM overrides) per style
 
 
 def prepare_batch(batch: list[Job], ctx: AmplifyContext) -> dict[str, PreparedFace | SkipInput]:
@@ -226,13 +240,34 @@ def prepare_batch(batch: list[Job], ctx: AmplifyContext) -> dict[str, PreparedFa
         if job.input_name in prepared:
             continue
         try:
-            prepared[job.input_name] = prepare_face(job.input, ctx.aligner, ctx.parser, ctx.resolution)
+            prepared[job.input_name] = draft_faces(
+                prepare_face(job.input, ctx.aligner, ctx.parser, ctx.resolution), job.input, ctx
+            )
         except SkipInput as skip:
             prepared[job.input_name] = skip
         except Exception as err:  # one odd photo must not end a 20,000-image run; logged and recorded
             log.warning("%s: face detection failed: %r", job.input, err)
             prepared[job.input_name] = SkipInput("error", f"{job.input}: {type(err).__name__}: {err}")
     return prepared
+
+
+def draft_faces(face: PreparedFace, path: Path, ctx: AmplifyContext) -> PreparedFace:
+    """The face drafted by each style that has a makeup draft (on the prefetch thread, beside the model); a face
+    whose warp folds over more than `draft.max_folded` of its makeup regions is skipped (warp_folded)."""
+    limit = float(ctx.cfg.draft.max_folded)
+    for checkpoint, overrides in ctx.groups:
+        draft = ctx.models[checkpoint].draft
+        if draft is None:
+            continue
+        drafted, info = draft.apply(face.source, face.landmarks, face.mask, overrides)
+        if info["folded_share"] > limit:
+            raise SkipInput(
+                "warp_folded",
+                f"{path}: the landmark warp folds over {info['folded_share']:.0%} of the face's makeup regions "
+                f"(turned face, hand or glasses; draft.max_folded={limit})",
+            )
+        face.drafts[checkpoint] = drafted
+    return face
 
 
 PairToWrite = tuple[str, PreparedFace, np.ndarray]  # name, the prepared face (source, mask), the target
@@ -257,8 +292,13 @@ def amplify_batch(
         mask = torch.stack([torch.from_numpy(prepared[j.input_name].mask).long() for j in valid]).to(
             device
         )  # (B, R, R)
+        drafts = {
+            checkpoint: torch.stack([from_uint8(prepared[j.input_name].drafts[checkpoint]) for j in valid]).to(device)
+            for checkpoint, _ in ctx.groups
+            if ctx.models[checkpoint].draft is not None
+        }  # (B, 3, R, R) each
         with torch.no_grad():
-            target = generate(ctx.models, cfg, source, mask, [j.seed for j in valid])
+            target = generate(ctx.models, cfg, source, mask, [j.seed for j in valid], drafts)
         weights = ctx.settings["region_weights"]
         for job, image in zip(valid, to_uint8(target)):
             face = prepared[job.input_name]
@@ -328,12 +368,14 @@ def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolut
     `parser` must use `face.eye_region` (resolved here from the DDA when it is still null)."""
     if cfg.face.eye_region is None:
         resolve_eye_region(cfg, models)
+    if cfg.amplifier is None:  # recorded as what ran: the main style's amplifier
+        cfg.amplifier = models[str(cfg.checkpoint)].kind
     start = time.perf_counter()
     out_dir = Path(cfg.output_dir)
     jobs = plan_jobs(Path(cfg.input_dir), cfg.num_images, int(cfg.variants_per_face), int(cfg.seed))
     if not jobs:
         raise ConfigError(f"no images in {cfg.input_dir} (config key 'input_dir')")
-    resolve_sampling(cfg, models[str(cfg.checkpoint)])
+    resolve_sampling(cfg, models[str(cfg.checkpoint)].dda)
     settings = run_settings(cfg, resolution)
     records = load_manifest(out_dir)
     check_settings(records, jobs, settings, out_dir)
@@ -346,7 +388,9 @@ def amplify(cfg: DictConfig, accelerator, models: dict, aligner, parser, resolut
     }
     limit = int(cfg.max_new_pairs)
     limit = math.inf if limit < 0 else math.ceil(limit / world)
-    ctx = AmplifyContext(cfg, out_dir, accelerator.device, resolution, models, aligner, parser, settings, pending)
+    ctx = AmplifyContext(
+        cfg, out_dir, accelerator.device, resolution, models, aligner, parser, settings, pending, style_groups(cfg)
+    )
     if accelerator.is_main_process:
         log.info("%d pairs planned from %s; %d to make (%d processes)", len(jobs), cfg.input_dir, len(pending), world)
 
@@ -467,6 +511,10 @@ def check_config(cfg: DictConfig) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"config key '{key}' {why}")
 
+    if cfg.amplifier is not None and str(cfg.amplifier) not in AMPLIFIERS:
+        raise bad("amplifier", f"must be one of {', '.join(AMPLIFIERS)} or null, not '{cfg.amplifier}'")
+    if not 0 <= float(cfg.draft.max_folded) <= 1:
+        raise bad("draft.max_folded", f"must be a share in [0, 1], not {cfg.draft.max_folded}")
     if cfg.scheduler is not None and str(cfg.scheduler) not in SCHEDULERS:
         raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)} or null, not '{cfg.scheduler}'")
     if cfg.strength is not None and not 0 < float(cfg.strength) <= 1:
@@ -500,23 +548,29 @@ def model_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def build_models(cfg: DictConfig, device: torch.device) -> tuple[dict, int]:
-    """One DDA per distinct style checkpoint, and the output resolution (the DDA's when not set)."""
+    """One amplifier per distinct style checkpoint (`amplifier`: null = the one each was trained for; a DDA, a
+    makeup draft or both), and the output resolution (the main style's when not set). A null `amplifier` becomes
+    the main style's."""
     dtype = model_dtype(str(cfg.model.dtype), device)
     models = {}
     for checkpoint, _ in style_groups(cfg):
-        models[checkpoint] = load_dda(checkpoint, pretrained=cfg.model.pretrained, device=device, dtype=dtype)
-        if not cfg.get("fgmm_colour", True):  # the DDA's raw colours, without stage 2's fitted matrices
-            models[checkpoint].fgmm.set_colours({})
-        if cfg.model.get("fuse_lora", False):
-            models[checkpoint].fuse_lora()
-    resolution = int(cfg.resolution) if cfg.resolution is not None else int(models[str(cfg.checkpoint)].resolution)
+        amplifier = load_amplifier(checkpoint, cfg.amplifier, cfg.model.pretrained, device=device, dtype=dtype)
+        models[checkpoint] = amplifier
+        if amplifier.dda is not None and not cfg.get("fgmm_colour", True):  # the DDA's raw colours
+            amplifier.dda.fgmm.set_colours({})
+        if amplifier.dda is not None and cfg.model.get("fuse_lora", False):
+            amplifier.dda.fuse_lora()
+    main = models[str(cfg.checkpoint)]
+    if cfg.amplifier is None:  # recorded as what runs: the main style's amplifier
+        cfg.amplifier = main.kind
+    resolution = int(cfg.resolution) if cfg.resolution is not None else int(main.resolution)
     return models, resolution
 
 
 def resolve_eye_region(cfg: DictConfig, models: dict) -> None:
     """`face.eye_region` null takes the mask convention the DDA was trained on (its checkpoint); one that differs
     from it is used and logged, as the other sampling settings."""
-    trained = {checkpoint: getattr(dda, "eye_region", "lid") for checkpoint, dda in models.items()}
+    trained = {checkpoint: amplifier.eye_region for checkpoint, amplifier in models.items()}
     own = trained[str(cfg.checkpoint)]
     if cfg.face.eye_region is None:
         cfg.face.eye_region = own
@@ -530,7 +584,11 @@ def resolve_eye_region(cfg: DictConfig, models: dict) -> None:
 
 def resolve_sampling(cfg: DictConfig, dda) -> None:
     """strength, num_steps, scheduler left null take the values the DDA was trained with (its checkpoint);
-    a value that differs is kept and logged (`DDA.sampling_settings`)."""
+    a value that differs is kept and logged (`DDA.sampling_settings`). Without a DDA (amplifier=draft) they stay
+    null: nothing samples."""
+    if dda is None:
+        log.info("amplifier=draft: the makeup draft alone, no diffusion")
+        return
     settings = dda.sampling_settings(cfg.strength, cfg.num_steps, cfg.scheduler)
     for key, value in settings.items():
         cfg[key] = value

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,12 @@ from common import (
 )
 from data.face_parsing import FaceParser
 from data.io import ImageReadError, list_images, read_rgb, resize_rgb
+from data.makeup_draft import DraftSettings, MakeupDraft, leave_one_out, seed_faces
 from data.paired import SKIN, DatasetError, PairedDataset, scan_pairs
 from errors import CheckpointError, ConfigError, InputError
 from losses.dda import DDALoss
 from models.dda import DDA
-from models.dda_io import build_dda, load_dda, save_lora
+from models.dda_io import AMPLIFIERS, build_dda, load_dda, save_lora
 from models.dda_optim import LatentCache, NonFiniteSteps, build_optimizer, prepare_training, train_step
 from models.fgmm import check_region_names, fit_region_colour, fit_region_gains
 
@@ -120,9 +122,12 @@ def _check_sizes(pairs) -> None:
                 )
 
 
-def build_data(cfg, run_dir: Path, eye_region: str = "lid") -> tuple[PairedDataset, list]:
+def seed_pairs(cfg, run_dir: Path, eye_region: str = "lid", root: str | Path | None = None) -> list:
+    """The seed pairs of `root` (default `data.root`; the first `data.num_pairs`), each with a mask (the face parser
+    makes the missing ones, in run_dir/masks)."""
+    root = cfg.data.root if root is None else root
     try:
-        scan = scan_pairs(cfg.data.root)
+        scan = scan_pairs(root)
     except DatasetError as err:
         raise ConfigError(f"config key 'data.root': {err}") from None
     for line in scan.skipped + scan.warnings:
@@ -130,6 +135,13 @@ def build_data(cfg, run_dir: Path, eye_region: str = "lid") -> tuple[PairedDatas
     pairs = scan.pairs[: cfg.data.num_pairs] if cfg.data.num_pairs > 0 else scan.pairs
     _check_sizes(pairs)
     _fill_missing_masks(pairs, run_dir / "masks", eye_region)
+    return pairs
+
+
+def build_data(
+    cfg, run_dir: Path, eye_region: str = "lid", root: str | Path | None = None
+) -> tuple[PairedDataset, list]:
+    pairs = seed_pairs(cfg, run_dir, eye_region, root)
     log.info("seed pairs (%d): %s", len(pairs), ", ".join(p.name for p in pairs))
     affine = config_to_dict(cfg.data.affine)
     try:
@@ -284,6 +296,9 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     args, cfg, ckpt = parse_resumable_args(__doc__, DEFAULT_CONFIG, argv)
     if ckpt is not None and ("dda" not in ckpt or "optimizer" not in ckpt):
         raise CheckpointError(f"{args.resume} is not a dda_training.py checkpoint (expected dda_checkpoint_epoch_N.pt)")
+    given = any(o.split("=", 1)[0].strip() == "amplifier" for o in args.overrides)
+    if ckpt is not None and "amplifier" not in ckpt["config"] and not given:
+        cfg.amplifier = "dda"  # a run started before the key existed trained the DDA alone: it goes on so
     return args, cfg, ckpt
 
 
@@ -310,6 +325,7 @@ def write_summary(run_dir: Path, cfg, run: dict, calibration: dict | None) -> di
     dda, state = run["dda"], run["state"]
     summary = {
         "stage": "dda_training",
+        "amplifier": str(cfg.amplifier),
         "pretrained": str(cfg.model.pretrained),
         "data_root": str(cfg.data.root),
         "num_pairs": len(run["pairs"]),
@@ -325,6 +341,7 @@ def write_summary(run_dir: Path, cfg, run: dict, calibration: dict | None) -> di
         "fgmm_colour": run.get("colour"),
         "region_conditioning": dda.region_conditioning is not None,
         "calibration": calibration,
+        "draft": run.get("draft"),
         "trainable_params": run["counts"],
         "lora": {"rank": dda.lora_rank, "alpha": dda.lora_alpha},
         "device": str(dda.device),
@@ -342,33 +359,44 @@ def write_summary(run_dir: Path, cfg, run: dict, calibration: dict | None) -> di
 def main(argv: list[str] | None = None) -> dict:
     args, cfg, resume_ckpt = parse_args(argv)
     require_dir(cfg.data.root, "dataset folder", key="data.root")  # before any output is made
+    amplifier = check_amplifier(cfg)
+    draft_settings(cfg)  # a wrong draft key stops here, before any output
     run_dir = prepare_run_dir(cfg)
-    run = train(cfg, run_dir, resume_ckpt, args.resume)
+    fitted = fit_draft(cfg, run_dir) if amplifier.startswith("draft") else None
+    if amplifier == "draft":
+        return finish_draft_only(cfg, run_dir, fitted)
+    data_root = write_draft_pairs(fitted, run_dir / "draft_pairs") if fitted else None
+    run = train(cfg, run_dir, resume_ckpt, args.resume, data_root)
     run["colour"] = fit_colour(cfg, run["dda"], run["dataset"], range(len(run["pairs"])))
     calibration = calibrate(cfg, run, run_dir) if cfg.calibrate > 0 else None
     dda, state = run["dda"], run["state"]
     final = checkpoint_state(dda, run["optimizer"], run["scaler"], cfg, cfg.train.epochs, state, run["last_terms"])
-    save_checkpoint(
-        {k: v for k, v in final.items() if k not in ("optimizer", "scaler", "rng")}, run_dir / "dda_final.pt"
-    )
+    final = {k: v for k, v in final.items() if k not in ("optimizer", "scaler", "rng")}
+    if fitted:
+        final.update(amplifier=amplifier, draft=fitted["draft"].state(), eye_region=fitted["eye_region"])
+    save_checkpoint(final, run_dir / "dda_final.pt")
     save_lora(dda, run_dir)
+    run["draft"] = draft_record(fitted) if fitted else None
     summary = write_summary(run_dir, cfg, run, calibration)
     log.info("done in %s: %s", format_seconds(state["seconds"]), run_dir / "dda_final.pt")
     return summary
 
 
-def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str | None = None) -> dict:
-    """Train the DDA of `cfg` in `run_dir` (checkpoints and samples on the way); returns what the end needs."""
+def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str | None = None, data_root=None) -> dict:
+    """Train the DDA of `cfg` in `run_dir` (checkpoints and samples on the way); returns what the end needs.
+    `data_root`: the pairs it trains on, when not `data.root`'s (the seeds' leave-one-out drafts, draft+dda)."""
     seed_everything(cfg.seed)
     device = get_device(cfg.train.device)
     eye_region = seed_eye_region(cfg.data.root)  # the seeds' mask convention: parsed masks and stage 3 follow it
-    dataset, pairs = build_data(cfg, run_dir, eye_region)
+    dataset, pairs = build_data(cfg, run_dir, eye_region, data_root)
     check_calibrate(cfg, len(pairs))
     colour_regions(cfg)
     holdout_path = find_holdout_face(cfg, {p.name for p in pairs})
     holdout = load_holdout(holdout_path, cfg.train.resolution, eye_region)
     dda, use_fp16 = build_model(cfg, device)
     dda.eye_region = eye_region  # stage 3 parses new faces with the seeds' mask convention
+    if data_root is not None:  # the DDA corrects drafts: RDM gives the draft's own detail back whole (alpha 1)
+        hold_alpha_at_one(dda)
     counts = parameter_counts(dda)
     regions = f", region conditioning {counts['region_conditioning']}" if "region_conditioning" in counts else ""
     log.info(
@@ -426,6 +454,109 @@ def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str 
     return {"dda": dda, "dataset": dataset, "pairs": pairs, "optimizer": optimizer, "scaler": scaler,
             "state": state, "last_terms": last_terms, "counts": counts, "holdout_path": holdout_path,
             "epochs_run": cfg.train.epochs - start_epoch, "use_fp16": use_fp16}  # fmt: skip
+
+
+def hold_alpha_at_one(dda: DDA) -> None:
+    """RDM's alpha fixed at 1 (clamped there after every step): with amplifier=draft+dda the DDA's source is the draft,
+    whose liner and hue the VAE cannot hold, so all of what the base run loses of it is given back."""
+    with torch.no_grad():
+        dda.rdm.alpha.fill_(1.0)
+    dda.ALPHA_RANGE = (1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The makeup draft (amplifier: draft | draft+dda)
+# --------------------------------------------------------------------------------------------
+def check_amplifier(cfg) -> str:
+    amplifier = str(cfg.amplifier)
+    if amplifier not in AMPLIFIERS:
+        raise ConfigError(f"config key 'amplifier' must be one of {', '.join(AMPLIFIERS)}, not {cfg.amplifier!r}")
+    if amplifier == "draft" and cfg.calibrate > 0:
+        raise ConfigError("config key 'calibrate' calibrates the DDA's FGMM weights, and amplifier=draft trains no DDA")
+    return amplifier
+
+
+def draft_settings(cfg) -> DraftSettings:
+    try:
+        return DraftSettings.from_config(config_to_dict(cfg.draft))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'draft': {err}") from None
+
+
+def fit_draft(cfg, run_dir: Path) -> dict:
+    """The draft from every seed pair, and each seed drafted from the others (its real errors: the DDA's training
+    sources with draft+dda, and the draft's own leave-one-out score); `draft_samples.png` shows them."""
+    started = time.perf_counter()
+    settings = draft_settings(cfg)
+    eye_region = seed_eye_region(cfg.data.root)
+    pairs = seed_pairs(cfg, run_dir, eye_region)
+    with FaceParser(eye_region=eye_region) as parser:
+        seeds = seed_faces(pairs, settings.size, parser)
+    draft = MakeupDraft.fit(seeds, settings)
+    drafted = leave_one_out(seeds, settings)
+    scores = {
+        seed.name: {"psnr_db": round(psnr(drafted[seed.name][0], seed.target), 3),
+                    "identity_psnr_db": round(psnr(seed.source, seed.target), 3),
+                    "folded_share": round(drafted[seed.name][1], 4)}
+        for seed in seeds
+    }  # fmt: skip
+    rows = [[seed.source, drafted[seed.name][0], seed.target] for seed in seeds]
+    atomic_save_image(
+        make_grid(rows, labels=["source", "draft from the other seeds", "target"]), run_dir / "draft_samples.png"
+    )
+    mean = {k: round(float(np.mean([v[k] for v in scores.values()])), 3) for k in ("psnr_db", "identity_psnr_db")}
+    log.info(
+        "makeup draft from %d seed pair(s) (%s, %.1f s): each seed drafted from the others %.2f dB against its target "
+        "(the plain face %.2f dB)", len(seeds), settings.space, time.perf_counter() - started, mean["psnr_db"],
+        mean["identity_psnr_db"],
+    )  # fmt: skip
+    return {"draft": draft, "seeds": seeds, "leave_one_out": drafted, "scores": scores, "mean": mean,
+            "eye_region": eye_region, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+
+
+def write_draft_pairs(fitted: dict, folder: Path) -> Path:
+    """folder/{source,target,mask}: each seed's leave-one-out draft as the source, its own target and mask: what the
+    DDA trains on with draft+dda (it learns the draft's real errors)."""
+    for seed in fitted["seeds"]:
+        atomic_save_image(fitted["leave_one_out"][seed.name][0], folder / "source" / f"{seed.name}.png")
+        atomic_save_image(seed.target, folder / "target" / f"{seed.name}.png")
+        atomic_save_image(seed.mask, folder / "mask" / f"{seed.name}.png")
+    atomic_write_text(folder / "summary.json", json.dumps({"eye_region": fitted["eye_region"]}))
+    return folder
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+
+def draft_record(fitted: dict) -> dict:
+    """The draft's part of summary.json."""
+    draft = fitted["draft"]
+    return {"settings": asdict(draft.settings), "size": draft.size, "seeds": draft.seeds,
+            "leave_one_out": fitted["scores"], "leave_one_out_mean": fitted["mean"], "seconds": fitted["seconds"]}  # fmt: skip
+
+
+def finish_draft_only(cfg, run_dir: Path, fitted: dict) -> dict:
+    """amplifier=draft: the checkpoint holds the draft and no DDA; nothing trains."""
+    final = {"amplifier": "draft", "draft": fitted["draft"].state(), "eye_region": fitted["eye_region"],
+             "config": config_to_dict(cfg), "seconds": fitted["seconds"]}  # fmt: skip
+    save_checkpoint(final, run_dir / "dda_final.pt")
+    summary = {
+        "stage": "dda_training",
+        "amplifier": "draft",
+        "data_root": str(cfg.data.root),
+        "num_pairs": len(fitted["seeds"]),
+        "pairs": [seed.name for seed in fitted["seeds"]],
+        "eye_region": fitted["eye_region"],
+        "draft": draft_record(fitted),
+        "seconds": fitted["seconds"],
+        "outputs": {"final": "dda_final.pt", "samples": "draft_samples.png"},
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    log.info("done in %s: %s (the makeup draft; no DDA trained)", format_seconds(fitted["seconds"]),
+             run_dir / "dda_final.pt")  # fmt: skip
+    return summary
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ SHARD_DIR = "manifest.parts"  # one shard per process while running; merged into
 
 # Settings recorded per pair: a resumed run must not mix pairs made with other values into one set.
 RECORDED_SETTINGS = (
+    "amplifier",
     "seed",
     "strength",
     "num_steps",
@@ -41,7 +42,10 @@ RECORDED_SETTINGS = (
     "resolution",
     "eye_region",
 )
-LEGACY_SETTINGS = {"eye_region": "lid"}  # what a manifest line written before the key existed was made with
+LEGACY_SETTINGS = {
+    "eye_region": "lid",
+    "amplifier": "dda",
+}  # what a manifest line written before the key existed was made with
 
 
 @dataclass

@@ -118,6 +118,8 @@ class PreparedFace:
     box: list[float]
     matrix: list[list[float]]  # (2, 3) photo -> output crop affine, to paste the makeup back into the photo
     seconds: float
+    landmarks: np.ndarray | None = None  # (478, 2) FaceMesh landmarks at the output resolution (the makeup draft's)
+    drafts: dict = field(default_factory=dict)  # stage 3: checkpoint -> the drafted face, (R, R, 3) uint8
 
 
 def read_photo(path: Path) -> np.ndarray:
@@ -161,6 +163,7 @@ def prepare_face(path: Path, aligner, parser, resolution: int) -> PreparedFace:
         # photo -> crop at the output resolution (the aligner's crop was `scale` times larger)
         matrix=(np.asarray(face.matrix, np.float64) * scale).round(6).tolist(),
         seconds=time.perf_counter() - start,
+        landmarks=None if parse.landmarks is None else np.asarray(parse.landmarks, np.float64) * scale,  # exact scaling
     )
 
 

@@ -7,25 +7,33 @@ Two forms, both written by `dda_training.py`:
   (`pipe.load_lora_weights(folder)`), with RDM alpha, FGMM weights and settings in plain JSON; a
   region-conditioned DDA also writes `dda_region_conditioning.safetensors` (conv_in's extra input channels,
   `models/region_conditioning.py`).
+
+`dda_final.pt` also says which amplifier stage 3 runs (`amplifier`: dda, draft or draft+dda) and holds the makeup
+draft when one was fitted (`draft`, `data/makeup_draft.py`); `load_amplifier` gives stage 3 all of it. A checkpoint
+written before the draft existed is a `dda` one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from common import load_checkpoint
-from errors import CheckpointError, InputError
+from data.makeup_draft import MakeupDraft
+from errors import CheckpointError, ConfigError, InputError
 from models.dda import DDA, DEFAULT_NUM_STEPS, DEFAULT_SCHEDULER, DEFAULT_STRENGTH
 from models.fgmm import REGIONS
 from models.sd_base import load_base_model
 
+AMPLIFIERS = ("draft", "draft+dda", "dda")  # stage 2's and stage 3's `amplifier`
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 DDA_MODULES_NAME = "dda_modules.json"  # RDM alpha, FGMM weights and settings next to the LoRA file
 REGION_WEIGHTS_NAME = "dda_region_conditioning.safetensors"  # conv_in's extra region channels, when trained
@@ -114,8 +122,13 @@ def load_dda(
         else:
             raise InputError(f"{path} holds neither dda_final.pt nor {LORA_WEIGHTS_NAME}")
 
-    state = load_checkpoint(path)
+    return _dda_from_checkpoint(path, load_checkpoint(path), pretrained, device, dtype)
+
+
+def _dda_from_checkpoint(path: Path, state: dict, pretrained, device, dtype) -> DDA:
     if "dda" not in state:
+        if state.get("amplifier") == "draft":
+            raise CheckpointError(f"{path} holds a makeup draft and no DDA (trained with amplifier=draft)")
         raise CheckpointError(f"{path} is not a DDA checkpoint (no 'dda' entry); expected dda_training.py output")
     settings = state["dda"]["settings"]
     base = load_base_model(pretrained or settings["pretrained"], device=device, dtype=dtype)
@@ -126,6 +139,66 @@ def load_dda(
         raise CheckpointError(f"{path}: {err}") from None
     dda.to(device)
     return dda.eval()
+
+
+@dataclass
+class Amplifier:
+    """What stage 3 makes one style's pairs with: the makeup draft, the DDA, or the DDA correcting the draft."""
+
+    kind: str  # one of AMPLIFIERS
+    dda: DDA | None
+    draft: MakeupDraft | None
+    eye_region: str  # the seeds' mask convention: stage 3 parses new faces alike
+    resolution: int  # the size the amplifier works at (the DDA's training resolution, else the draft's)
+
+
+def checkpoint_amplifier(state: dict) -> str:
+    """The amplifier a stage-2 checkpoint was trained for (written before the key existed: the DDA alone)."""
+    return str(state.get("amplifier", "dda"))
+
+
+def load_amplifier(
+    checkpoint: str | os.PathLike,
+    kind: str | None = None,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Amplifier:
+    """Stage 2's output as stage 3 runs it. `kind` None: the amplifier the checkpoint was trained for; another one
+    must find what it needs in the checkpoint (a ConfigError names the key and the checkpoint otherwise)."""
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / "dda_final.pt").is_file():  # a LoRA folder: the DDA alone
+        if kind not in (None, "dda"):
+            raise ConfigError(f"config key 'amplifier' is {kind}, but {path} is a LoRA folder without a makeup draft")
+        dda = load_dda(path, pretrained, device, dtype)
+        return Amplifier("dda", dda, None, dda.eye_region, dda.resolution)
+    path = path / "dda_final.pt" if path.is_dir() else path
+    state = load_checkpoint(path)
+    trained = checkpoint_amplifier(state)
+    kind = trained if kind is None else str(kind)
+    if kind not in AMPLIFIERS:
+        raise ConfigError(f"config key 'amplifier' must be one of {', '.join(AMPLIFIERS)} or null, not {kind!r}")
+    if kind.startswith("draft") and "draft" not in state:
+        raise ConfigError(
+            f"config key 'amplifier' is {kind}, but the checkpoint {path} holds no makeup draft (it was trained with "
+            f"amplifier={trained}): train one with dda_training.py amplifier={kind}, or set amplifier={trained}"
+        )
+    if kind.endswith("dda") and "dda" not in state:
+        raise ConfigError(
+            f"config key 'amplifier' is {kind}, but the checkpoint {path} holds no DDA (it was trained with "
+            f"amplifier={trained}): train one with dda_training.py amplifier={kind}, or set amplifier={trained}"
+        )
+    if kind == "dda" and trained == "draft+dda":
+        logging.getLogger("makeup").warning(
+            "amplifier=dda, but %s learned to correct drafts (amplifier=draft+dda): on plain faces it paints only "
+            "the correction",
+            path,
+        )
+    dda = _dda_from_checkpoint(path, state, pretrained, device, dtype) if kind.endswith("dda") else None
+    draft = MakeupDraft.from_state(state["draft"]) if kind.startswith("draft") else None
+    eye_region = dda.eye_region if dda is not None else str(state.get("eye_region", "lid"))
+    resolution = dda.resolution if dda is not None else draft.size
+    return Amplifier(kind, dda, draft, eye_region, resolution)
 
 
 def _load_dda_folder(folder: Path, pretrained, device, dtype) -> DDA:

@@ -29,6 +29,7 @@ from data import amplify_manifest, face_crops
 from data.io import read_labels, read_rgb
 from data.paired import PairedDataset, scan_pairs
 from errors import MakeupError
+from models.dda_io import Amplifier
 from tests.conftest import REPO, SHARED_DATA
 
 RES = 64
@@ -111,6 +112,12 @@ class FakeAligner:
 @dataclass
 class FakeParse:
     makeup: np.ndarray
+    landmarks: np.ndarray | None = None
+
+
+def as_amplifier(fake, kind: str = "dda", draft=None):
+    """A fake DDA (or none) as stage 3 holds a style: models.dda_io.Amplifier."""
+    return Amplifier(kind, fake, draft, "lid", RES)
 
 
 class FakeParser:
@@ -168,6 +175,7 @@ def fake_cfg(inputs: Path, out: Path, *overrides: str):
 def run_fake(inputs, out, accelerator, *overrides, models=None):
     cfg = fake_cfg(inputs, out, *overrides)
     models = models or {"fake.pt": FakeDDA(leak=0.02)}
+    models = {k: v if isinstance(v, Amplifier) else as_amplifier(v) for k, v in models.items()}
     return amp.amplify(cfg, accelerator, models, FakeAligner(), FakeParser(), RES)
 
 
@@ -346,7 +354,7 @@ def test_faces_are_prepared_while_the_model_runs_with_the_same_output(inputs, ac
     run_fake(inputs, tmp_path / "reference", accelerator)
     aligner, dda = TimedAligner(delay=0.05), TimedDDA(delay=0.4)
     cfg = fake_cfg(inputs, tmp_path / "overlapped")
-    amp.amplify(cfg, accelerator, {"fake.pt": dda}, aligner, FakeParser(), RES)
+    amp.amplify(cfg, accelerator, {"fake.pt": as_amplifier(dda)}, aligner, FakeParser(), RES)
     main = threading.current_thread().name
     assert {thread for *_, thread in aligner.spans} != {main} and {thread for *_, thread in dda.spans} == {main}
     overlaps = [a for a in aligner.spans if any(a[0] < d[1] and d[0] < a[1] for d in dda.spans)]
@@ -359,7 +367,8 @@ def test_faces_are_prepared_while_the_model_runs_with_the_same_output(inputs, ac
     for record in [r for r in manifest(out) if r["status"] == "ok"]:
         face = face_crops.prepare_face(Path(cfg.input_dir) / record["input"], FakeAligner(), FakeParser(), RES)
         source, mask = from_uint8(face.source)[None], torch.from_numpy(face.mask).long()[None]
-        made = to_uint8(amp.generate({"fake.pt": FakeDDA(leak=0.02)}, cfg, source, mask, [record["seed"]]))[0]
+        models = {"fake.pt": as_amplifier(FakeDDA(leak=0.02))}
+        made = to_uint8(amp.generate(models, cfg, source, mask, [record["seed"]]))[0]
         expected = amp.keep_source_outside_makeup(face.source, made, face.mask, weights)
         assert np.array_equal(read_rgb(out / "target" / f"{record['name']}.png"), expected)
 
@@ -413,7 +422,7 @@ def test_resume_refuses_other_settings(inputs, accelerator, tmp_path):
         run_fake(inputs, tmp_path / "out", accelerator, "num_images=1", "seed=3")
     cfg = fake_cfg(inputs, tmp_path / "out", "num_images=1")
     with pytest.raises(MakeupError, match="resolution"):
-        amp.amplify(cfg, accelerator, {"fake.pt": FakeDDA()}, FakeAligner(), FakeParser(), RES // 2)
+        amp.amplify(cfg, accelerator, {"fake.pt": as_amplifier(FakeDDA())}, FakeAligner(), FakeParser(), RES // 2)
 
 
 class SplitAccelerator:
@@ -442,9 +451,9 @@ import sys, time
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from accelerate import Accelerator
 import dda_amplify as amp
-from test_amplify import FakeAligner, FakeDDA, FakeParser, fake_cfg, RES
+from test_amplify import FakeAligner, FakeDDA, FakeParser, as_amplifier, fake_cfg, RES
 cfg = fake_cfg({inputs!r}, {out!r}, "batch_size=2")
-amp.amplify(cfg, Accelerator(cpu=True), {{"fake.pt": FakeDDA(leak=0.02, delay={delay})}}, FakeAligner(), FakeParser(), RES)
+amp.amplify(cfg, Accelerator(cpu=True), {{"fake.pt": as_amplifier(FakeDDA(leak=0.02, delay={delay}))}}, FakeAligner(), FakeParser(), RES)
 """
 
 
@@ -479,10 +488,10 @@ import sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from accelerate import Accelerator
 import dda_amplify as amp
-from test_amplify import FakeAligner, FakeDDA, FakeParser, fake_cfg, RES
+from test_amplify import FakeAligner, FakeDDA, FakeParser, as_amplifier, fake_cfg, RES
 cfg = fake_cfg({inputs!r}, {out!r}, "batch_size=2")
 accelerator = Accelerator(cpu=True)
-amp.amplify(cfg, accelerator, {{"fake.pt": FakeDDA(leak=0.02)}}, FakeAligner(), FakeParser(), RES)
+amp.amplify(cfg, accelerator, {{"fake.pt": as_amplifier(FakeDDA(leak=0.02))}}, FakeAligner(), FakeParser(), RES)
 accelerator.end_training()  # as main() does: a process group left to exit teardown can abort gloo's threads
 """
 
@@ -673,7 +682,7 @@ def test_fgmm_colour_false_leaves_the_fitted_colour_matrices_out(tiny_dda_checkp
     for flag, expected in ((True, {"lips"}), (False, set())):
         cfg = load_config(amp.DEFAULT_CONFIG, [*base, f"fgmm_colour={flag}"])
         models, _ = amp.build_models(cfg, torch.device("cpu"))
-        assert set(models[str(checkpoint)].fgmm.colours()) == expected
+        assert set(models[str(checkpoint)].dda.fgmm.colours()) == expected
         settings[flag] = amp.run_settings(cfg, RES)
     # recorded only when off, so the manifests of runs made before the key still match on resume
     assert "fgmm_colour" not in settings[True] and settings[False]["fgmm_colour"] is False
