@@ -27,6 +27,18 @@ repeated to as many pairs), and is scored on `--heldout` pairs of the style that
     python bench/dal_eval.py --pairs ../shared/data/pairs_style1 --pretrained weights/face_prior \\
         --dda "train.resolution=128 train.epochs=300 train.lr=1e-3 loss.l1=20" --until amplify
 
+`--amplifier` picks what stage 2 trains and stage 3 runs (`dda`, `draft`, `draft+dda`; default: configs/dda.yaml's).
+Each amplifier has its own folders in the work folder (`dda_draft/`, `amplified_draft/`, ...; plain `dda/` and
+`amplified/` for dda), and the seeds-alone and truth arms of TinyBeauty are trained once and reused, so the three
+arms are three runs on one `--work`:
+
+    for a in dda draft draft+dda; do python bench/dal_eval.py --template ... --amplifier $a --work runs/red \
+        --out bench/results/red_$a.json; done
+
+The unseen faces are also scored by group (`groups`): SCUT-FBP5500's four by name prefix (AF, AM, CF, CM), and
+with `--group-faces DIR` (e.g. shared/data/celebamask/images) further faces amplified and scored by skin tone
+(the individual typology angle of the skin's CIELAB colour: light, >= 28 degrees; darker, below).
+
 With `calibrate=K` in `--dda`, the amplified faces are made and scored twice: with the calibrated FGMM weights
 (the default) and with the weights the DDA learned (`amplified_vs_truth_learned_fgmm`).
 
@@ -62,7 +74,7 @@ from data.io import list_images, read_labels, read_rgb, resize_labels, resize_rg
 from data.makeup_render import load_template
 from data.makeup_truth import load_pairs, render_truth, score
 from dda_amplify import DEFAULT_CONFIG
-from models.dda_io import load_dda
+from models.dda_io import AMPLIFIERS, load_dda
 from models.tinybeauty import load_tinybeauty
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,6 +254,57 @@ def load_vae(pretrained: str):
     return AutoencoderKL.from_pretrained(pretrained, subfolder="vae", torch_dtype=torch.float32).eval()
 
 
+GROUP_PREFIXES = {"AF": "SCUT Asian female", "AM": "SCUT Asian male", "CF": "SCUT Caucasian female",
+                  "CM": "SCUT Caucasian male", "celeba_": "CelebAMask-HQ"}  # fmt: skip
+LIGHT_ITA = 28.0  # degrees: the individual typology angle above which skin counts as light/intermediate (Chardin)
+
+
+def face_group(name: str) -> str:
+    return next((group for prefix, group in GROUP_PREFIXES.items() if name.startswith(prefix)), "other")
+
+
+def group_scores(made_dir: Path, truth_dir: Path, names: list[str], group=face_group) -> dict:
+    """`score_folders` per group of faces (`group(name)`), with the group's size."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(group(name), []).append(name)
+    return {g: score_folders(made_dir, truth_dir, members) for g, members in sorted(groups.items())}
+
+
+def skin_ita(source: np.ndarray, mask: np.ndarray) -> float:
+    """The individual typology angle (degrees) of the skin's mean CIELAB colour: higher is lighter."""
+    import cv2  # only this bench's grouping needs it here
+
+    lab = cv2.cvtColor(source.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[mask == 3]
+    lightness, b = float(lab[:, 0].mean()), float(lab[:, 2].mean())
+    return float(np.degrees(np.arctan2(lightness - 50.0, b)))
+
+
+def skin_tone_groups(args, dda_dir: Path, template, work: Path, timed: Timer) -> dict:
+    """--group-faces amplified by this amplifier and scored against the template's truth, by skin tone."""
+    faces = work / "faces_groups"
+    if not faces.is_dir():
+        faces.mkdir(parents=True)
+        for path in list_images(Path(args.group_faces)):
+            os.symlink(path.resolve(), faces / path.name)
+    amplified = amplify(args, dda_dir, faces, work / arm(args, "amplified_groups"), timed, "dda_amplify_groups")
+    truth_dir = work / "truth_groups"
+    names = render_truth(amplified, template, truth_dir)
+    truth = load_pairs(truth_dir, names)
+    itas = {name: skin_ita(truth[name][0], truth[name][2]) for name in names}
+
+    def tone(name: str) -> str:
+        return (
+            f"ITA >= {LIGHT_ITA:g} (light, intermediate)"
+            if itas[name] >= LIGHT_ITA
+            else f"ITA < {LIGHT_ITA:g} (tan, brown, dark)"
+        )
+
+    return {"faces": str(args.group_faces), "ita": {n: round(v, 1) for n, v in itas.items()}} | group_scores(
+        amplified, truth_dir, names, tone
+    )
+
+
 def dda_resolution(dda_dir: Path) -> int:
     return int(load_checkpoint(dda_dir / "dda_final.pt")["dda"]["settings"]["resolution"])
 
@@ -268,6 +331,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout", type=int, default=100, help="faces (pairs with --pairs) to score TinyBeauty on")
     parser.add_argument("--size", type=int, default=256, help="amplified pair size (default 256)")
     parser.add_argument("--eye-region", choices=EYE_REGIONS, default="lid", help="the seed masks' eye label (stage 1)")
+    parser.add_argument(
+        "--amplifier", choices=AMPLIFIERS, default=None, help="stage 2's amplifier (default: the config's)"
+    )
+    parser.add_argument("--group-faces", default=None, help="--template: more faces to amplify and score by skin tone")
     parser.add_argument("--dda", default="", help="extra dda_training.py overrides, one string")
     parser.add_argument("--amplify-args", default="", help="extra dda_amplify.py overrides, one string")
     parser.add_argument("--tinybeauty", default="train.epochs=20", help="tinybeauty_training.py overrides")
@@ -278,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--until", choices=("dda", "amplify", "all"), default="all", help="stop after the DDA's or the amplified scores"
     )
     args = parser.parse_args(argv)
+    args.amplifier = args.amplifier or str(load_config(dda_training.DEFAULT_CONFIG).amplifier)
     shared = REPO.parent / "shared" / "data"
     args.faces = args.faces or str(shared / ("faces_more" if args.pairs else "faces"))
     return args
@@ -294,28 +362,41 @@ class Timer:
         return result
 
 
+def arm(args, name: str) -> str:
+    """A folder name of this amplifier's: `name` for the DDA alone (as before the draft), `name_draft`, ..."""
+    return name if args.amplifier == "dda" else f"{name}_{args.amplifier.replace('+', '_')}"
+
+
 def train_dda(args, seeds: Path, work: Path, timed: Timer) -> Path:
-    dda_dir = work / "dda"
+    dda_dir = work / arm(args, "dda")
     if not (dda_dir / "dda_final.pt").is_file():
         dda_args = [f"model.pretrained={args.pretrained}", f"data.root={seeds}", f"output_dir={dda_dir}"]
-        dda_args += ["wandb.mode=disabled", f"data.num_pairs={args.seeds}"]
+        dda_args += ["wandb.mode=disabled", f"data.num_pairs={args.seeds}", f"amplifier={args.amplifier}"]
         timed("dda_training", dda_training.main, dda_args + _overrides(args.dda))
     return dda_dir
 
 
 def score_dda(args, dda_dir: Path, seeds: Path, results: dict) -> int:
-    """The DDA on its own seed pairs and their VAE ceiling; returns the DDA's resolution."""
-    results["dda_on_seeds"] = dda_on_seeds(dda_dir, seeds)
+    """The amplifier on its own seed pairs (the DDA's output; each seed drafted from the others) and, for the DDA
+    alone, their VAE ceiling; returns the amplifier's resolution."""
     summary = json.loads((dda_dir / "summary.json").read_text())
+    results["amplifier"] = args.amplifier
+    if summary.get("draft"):
+        results["draft_on_seeds"] = summary["draft"]["leave_one_out_mean"]
+    if args.amplifier == "draft":
+        return int(summary["draft"]["size"])
+    own = dda_dir / "draft_pairs" if summary.get("draft") else seeds  # what it trained on: the seeds, or their drafts
+    results["dda_on_seeds"] = dda_on_seeds(dda_dir, own)
     results["dda_region_conditioning"] = summary.get("region_conditioning", False)
     results["dda_calibration"] = summary.get("calibration")
     if results["dda_calibration"]:  # the same DDA with the FGMM weights it learned, before the calibration
         learned = results["dda_calibration"]["learned_fgmm"]
-        results["dda_on_seeds_learned_fgmm"] = dda_on_seeds(dda_dir, seeds, learned)
+        results["dda_on_seeds_learned_fgmm"] = dda_on_seeds(dda_dir, own, learned)
     resolution = dda_resolution(dda_dir)
-    results["dda_seeds_vae_ceiling"] = vae_ceiling(
-        load_vae(args.pretrained), seed_pairs_at(seeds, resolution), resolution
-    )
+    if args.amplifier == "dda":
+        results["dda_seeds_vae_ceiling"] = vae_ceiling(
+            load_vae(args.pretrained), seed_pairs_at(seeds, resolution), resolution
+        )
     return resolution
 
 
@@ -351,20 +432,22 @@ def score_amplified(args, run: tuple, truth_dir: Path, names: list[str], resolut
         out = amplified.with_name(amplified.name + "_learned_fgmm")
         learned = amplify(args, dda_dir, faces, out, timed, "dda_amplify_learned", uncalibrated)
         results["amplified_vs_truth_learned_fgmm"] = score_folders(learned, truth_dir, names)
-    truth_pairs = load_pairs(truth_dir, names)
-    vae = load_vae(args.pretrained)
-    results["amplified_vae_ceiling"] = timed("vae_ceiling", vae_ceiling, vae, truth_pairs, resolution)
+    results["groups"] = group_scores(amplified, truth_dir, names)
+    if args.amplifier == "dda":  # what a perfect latent edit could reach (the DDA alone goes through the VAE)
+        truth_pairs = load_pairs(truth_dir, names)
+        vae = load_vae(args.pretrained)
+        results["amplified_vae_ceiling"] = timed("vae_ceiling", vae_ceiling, vae, truth_pairs, resolution)
 
 
 def tinybeauty_arms(args, arms: dict[str, Path], heldout: dict, work: Path, timed: Timer, results: dict) -> None:
     """TinyBeauty trained on each arm's pairs, scored on the held-out pairs; the gains between the arms."""
     results["tinybeauty"] = {}
-    for arm, root in arms.items():
-        out = work / f"tinybeauty_{arm}"
+    for arm_name, root in arms.items():
+        out = work / (arm(args, "tinybeauty_amplified") if arm_name == "amplified" else f"tinybeauty_{arm_name}")
         if not (out / "tinybeauty_final.pt").is_file():
             tb_args = [f"data.root={root}", f"output_dir={out}", "wandb.mode=disabled", f"data.size={args.size}"]
-            timed(f"tinybeauty_{arm}", tinybeauty_training.main, tb_args + _overrides(args.tinybeauty))
-        results["tinybeauty"][arm] = tinybeauty_on(out / "tinybeauty_final.pt", heldout)
+            timed(f"tinybeauty_{arm_name}", tinybeauty_training.main, tb_args + _overrides(args.tinybeauty))
+        results["tinybeauty"][arm_name] = tinybeauty_on(out / "tinybeauty_final.pt", heldout)
     tb = {arm: scores["psnr_db"] for arm, scores in results["tinybeauty"].items()}
     results["gain_amplified_over_seeds_db"] = round(tb["amplified"] - tb["seeds_only"], 3)
     results["gap_truth_minus_amplified_db"] = round(tb["truth"] - tb["amplified"], 3)
@@ -399,10 +482,12 @@ def template_run(args) -> dict:
     amplify_faces, heldout_faces, results["seed_faces_left_out"] = split_faces(
         Path(args.faces), work, args.amplify, args.heldout, args.seed, exclude
     )
-    amplified = amplify(args, dda_dir, amplify_faces, work / "amplified", timed, "dda_amplify")
-    truth_dir = work / "truth_amplified"
+    amplified = amplify(args, dda_dir, amplify_faces, work / arm(args, "amplified"), timed, "dda_amplify")
+    truth_dir = work / "truth_amplified"  # the crops are the same for every amplifier: one truth
     names = timed("truth", render_truth, amplified, template, truth_dir)
     score_amplified(args, (dda_dir, amplify_faces, amplified), truth_dir, names, resolution, timed, results)
+    if args.group_faces:
+        results["groups_by_skin_tone"] = timed("groups", skin_tone_groups, args, dda_dir, template, work, timed)
     if args.until == "amplify":
         return finish(results, timed.seconds, args)
 
@@ -516,7 +601,7 @@ def learned_style(args) -> dict:
     # The amplifier on unseen faces of the style, scored against the style's own targets on the same crops.
     scored = split["pool"][: args.score]
     photos, _ = link_photos(pairs_dir, scored, work / "photos_scored")
-    amplified_style = amplify(args, dda_dir, photos, work / "amplified_style", timed, "dda_amplify_style")
+    amplified_style = amplify(args, dda_dir, photos, work / arm(args, "amplified_style"), timed, "dda_amplify_style")
     truth_dir = work / "truth_style"
     names = timed("truth", style_truth, amplified_style, pairs_dir, truth_dir, args.size)
     score_amplified(args, (dda_dir, photos, amplified_style), truth_dir, names, resolution, timed, results)
@@ -524,7 +609,7 @@ def learned_style(args) -> dict:
         return finish(results, timed.seconds, args)
 
     amplify_faces, _, _ = split_faces(Path(args.faces), work, args.amplify, 0, args.seed)
-    amplified = amplify(args, dda_dir, amplify_faces, work / "amplified", timed, "dda_amplify")
+    amplified = amplify(args, dda_dir, amplify_faces, work / arm(args, "amplified"), timed, "dda_amplify")
     count = sum(1 for _ in (amplified / "target").glob("*.png"))
     truth_pool = import_pairs(pairs_dir, split["pool"], work, "truth_pairs", args, timed)
     heldout = import_pairs(pairs_dir, split["heldout"], work, "heldout_pairs", args, timed)
