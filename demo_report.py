@@ -79,6 +79,9 @@ def collect(out: Path) -> dict:
             "image": seed.get("contact_sheet"),
         },
         "dda": {
+            "amplifier": dda.get("amplifier", "dda"),
+            "draft": (dda.get("draft") or {}).get("leave_one_out_mean"),
+            "draft_image": out / "dda_model" / "draft_samples.png" if dda.get("draft") else None,
             "pretrained": dda.get("pretrained"),
             "pairs": dda.get("num_pairs"),
             "resolution": dda.get("resolution"),
@@ -137,12 +140,36 @@ def _export_rows(export: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _amplifier_rows(d: dict, timings: dict, out: Path) -> list[str]:
+    """Stage 2's rows: the makeup draft (amplifier draft, draft+dda) and the DDA (draft+dda, dda)."""
+    rows = []
+    if d["draft"]:
+        rows.append(
+            f"| 2. makeup draft (`amplifier: {d['amplifier']}`) | {_fmt(d['pairs'])} seed pairs and their landmarks "
+            f"| the draft in `dda_model/dda_final.pt` | each seed drafted from the others: {_fmt(d['draft']['psnr_db'])} dB "
+            f"against its target (the plain face {_fmt(d['draft']['identity_psnr_db'])} dB) "
+            f"| {_fmt(timings.get('dda'), 1) if d['amplifier'] == 'draft' else 'in the next row'} "
+            f"| `{_rel(d['draft_image'], out)}` |"
+        )
+    if d["amplifier"] != "draft":
+        on = "the seeds' drafts" if d["draft"] else "seed pairs"
+        rows.append(
+            f"| 2. DDA training | {_fmt(d['pairs'])} {on}, `{_rel(d['pretrained'], out)}` | `dda_model/dda_final.pt`, "
+            f"LoRA safetensors | {_fmt(d['epochs'])} epochs, {_fmt(d['steps'])} steps at {_fmt(d['resolution'])}px, "
+            f"RDM alpha {_fmt(d['rdm_alpha'], 4)}, FGMM {_weights(d['fgmm_weights'])} | {_fmt(timings.get('dda'), 1)} "
+            f"| `{_rel(d['image'], out)}` |"
+        )
+    return rows
+
+
 def write_markdown(out: Path, figures: dict) -> Path:
     s, d, a, t, timings = (figures[k] for k in ("seed_pairs", "dda", "amplify", "tinybeauty", "timings"))
     lines = [
         "# Demo run: Data Amplify Learning end to end",
         "",
-        f"Base model of the DDA: `{_rel(d['pretrained'], out)}`. Stage 3 is measured against the truth: the",
+        f"Amplifier: `{d['amplifier']}`"
+        + (f", over the base model `{_rel(d['pretrained'], out)}`" if d["amplifier"] != "draft" else "")
+        + ". Stage 3 is measured against the truth: the",
         "template rendered on the very crops the amplifier wrote (`amplified_truth/`). Every figure below is",
         "read from the stage's own files in this folder. Overview: `summary.png`.",
         "",
@@ -151,10 +178,7 @@ def write_markdown(out: Path, figures: dict) -> Path:
         f"| 1. seed pairs | sample faces, template `{_fmt(s['template'])}` | {_fmt(s['pairs'])} pairs at "
         f"{_fmt(s['size'])}px in `seed_pairs/` | faces: {', '.join(s['names'])} | {_fmt(timings.get('seed_pairs'), 1)} "
         f"| `{_rel(s['image'], out)}` |",
-        f"| 2. DDA training | {_fmt(d['pairs'])} seed pairs, `{_rel(d['pretrained'], out)}` | `dda_model/dda_final.pt`, "
-        f"LoRA safetensors | {_fmt(d['epochs'])} epochs, {_fmt(d['steps'])} steps at {_fmt(d['resolution'])}px, "
-        f"RDM alpha {_fmt(d['rdm_alpha'], 4)}, FGMM {_weights(d['fgmm_weights'])} | {_fmt(timings.get('dda'), 1)} "
-        f"| `{_rel(d['image'], out)}` |",
+        *_amplifier_rows(d, timings, out),
         f"| 3. amplification | {_fmt(a['inputs'])} unseen faces | {_fmt(a['pairs'])} pairs in `amplified/`, "
         f"{_fmt(a['skipped'])} skipped | {_fmt(a['seconds_per_image'])} s per image | {_fmt(timings.get('amplify'), 1)} "
         f"| `{_rel(a['image'], out)}` |",
@@ -183,11 +207,20 @@ def write_markdown(out: Path, figures: dict) -> Path:
     return atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
 
 
+def _amplifier_panels(d: dict) -> list[tuple[str, Path | None]]:
+    panels = []
+    if d["draft_image"]:
+        panels.append(("2. makeup draft (source | drafted from the other seeds | target)", d["draft_image"]))
+    if d["amplifier"] != "draft":
+        panels.append(("2. DDA samples (source | DDA | target)", d["image"]))
+    return panels
+
+
 def write_overview(out: Path, figures: dict, height: int = 320, per_row: int = 3) -> Path | None:
     """One PNG: each stage's main picture, titled, three to a row."""
     panels = [
         ("1. seed pairs (source | target | mask)", figures["seed_pairs"]["image"]),
-        ("2. DDA samples (source | DDA | target)", figures["dda"]["image"]),
+        *_amplifier_panels(figures["dda"]),
         ("3. amplified pairs", figures["amplify"]["image"]),
         ("4. TinyBeauty validation samples", figures["tinybeauty"]["image"]),
         ("full photo: before", figures["inference"]["input"]),

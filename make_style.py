@@ -9,7 +9,8 @@ The stage scripts run underneath as subprocesses (as run_demo.py does: no stage 
 with the stage defaults for the shipped face prior (weights/face_prior) in configs/style/*.yaml:
   1. make_seed_pairs.py      five seed pairs: --num-seeds faces of --faces made up by --template, or your
                              own before/after photos (--import BEFORE AFTER: the same file names in both)
-  2. dda_training.py         the DDA over the prior at 128 px (configs/style/dda.yaml)
+  2. dda_training.py         the amplifier (configs/dda.yaml `amplifier`): the makeup draft from the seeds, and the DDA
+                             over the prior at 128 px when the amplifier has one (configs/style/dda.yaml)
   3. dda_amplify.py          --amplify N (default 1000) faces of --faces that were not seeds -> pairs at 256
      data.makeup_truth       (--template only) the template rendered on those crops: the pairs' makeup R^2
   4. tinybeauty_training.py  TinyBeauty on the amplified pairs (configs/style/tinybeauty.yaml)
@@ -134,7 +135,9 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
     py, seed, dda, amp = sys.executable, work / "seed_pairs", work / "dda_model", work / "amplified"
     tb, export, faces = work / "tinybeauty_model", work / "export", work / "amplify_faces"
     dda_over, amp_over, tb_over = (shlex.split(a) for a in (args.dda_args, args.amplify_args, args.tinybeauty_args))
-    dda_epochs = stage_config("dda.yaml", "dda.yaml", dda_over).train.epochs
+    dda_cfg = stage_config("dda.yaml", "dda.yaml", dda_over)
+    # the draft alone trains nothing: one step; a DDA: its epochs
+    dda_total, dda_unit = (1, "step") if dda_cfg.amplifier == "draft" else (dda_cfg.train.epochs, "epoch")
     tb_epochs = stage_config("tinybeauty.yaml", "tinybeauty.yaml", tb_over).train.epochs
     source = ["--faces", args.faces, "--template", args.template, "--num", str(args.num_seeds)] if args.template else [
         "--import", *args.import_dirs]  # fmt: skip
@@ -156,8 +159,8 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
         Stage("seed_pairs", "1. seed pairs (make_seed_pairs.py)",
               lambda: [py, "make_seed_pairs.py", *source, "--output", str(seed), "--size", str(args.seed_size)],
               seed / "summary.json", args.num_seeds, "pair", count_files(seed / "source", "*.png")),
-        Stage("dda", "2. DDA training (dda_training.py)", dda_command, dda / "summary.json", dda_epochs, "epoch",
-              epoch_progress(r"\bepoch (\d+):")),
+        Stage("dda", f"2. amplifier: {dda_cfg.amplifier} (dda_training.py)", dda_command, dda / "summary.json",
+              dda_total, dda_unit, epoch_progress(r"\bepoch (\d+):")),
         Stage("amplify", "3. amplification (dda_amplify.py)",
               lambda: [py, "dda_amplify.py", "--config", str(STYLE_CONFIGS / "dda_amplify.yaml"),
                        f"checkpoint={dda / 'dda_final.pt'}", f"input_dir={faces}", f"output_dir={amp}",
@@ -348,6 +351,17 @@ def seed_faces(args: argparse.Namespace, work: Path) -> str:
     return f"{len(names)} before/after photo pairs imported from `{before}` and `{after}` ({', '.join(names)})"
 
 
+AMPLIFIER_WORDS = {
+    "draft": "the makeup draft (the seeds' change carried onto each face by its landmarks; `amplifier: draft`)",
+    "draft+dda": "the makeup draft corrected by the DDA over the base model `{pretrained}` (`amplifier: draft+dda`)",
+    "dda": "the DDA over the base model `{pretrained}` (`amplifier: dda`)",
+}
+
+
+def amplifier_words(amplifier: str, pretrained: str) -> str:
+    return AMPLIFIER_WORDS.get(amplifier, amplifier).format(pretrained=pretrained)
+
+
 def write_card(args: argparse.Namespace, work: Path, out: Path, timings: Timings, title: str) -> str:
     total = sum(timings.seconds.values())
     amp = read_json(work / "amplified" / "summary.json")
@@ -377,7 +391,7 @@ def write_card(args: argparse.Namespace, work: Path, out: Path, timings: Timings
 
 ## Seed faces
 {seed_faces(args, work)}. Amplified: {amp.get("pairs", "?")} pairs from {amp.get("inputs", "?")} faces of
-`{args.faces}` that were not seeds (over the base model `{args.pretrained}`).
+`{args.faces}` that were not seeds, by {amplifier_words(amp.get("amplifier", "dda"), args.pretrained)}.
 
 ## Time
 {format_seconds(total)} on {os.cpu_count()} CPU cores ({per_stage}), summed over every run of the command;
@@ -407,6 +421,7 @@ def finish(args: argparse.Namespace, work: Path, out: Path, timings: Timings) ->
     title = args.title or (Path(args.template).stem.replace("_", " ").capitalize() if args.template else out.name)
     meta = {"title": title, "description": args.description, "template": args.template, "made_by": "make_style.py",
             "command": command_line(), "model_size": read_json(work / "export" / "export_report.json").get("image_size"),
+            "amplifier": read_json(work / "amplified" / "summary.json").get("amplifier", "dda"),
             "seconds": round(sum(timings.seconds.values()), 1)}  # fmt: skip
     card = write_card(args, work, out, timings, title)
     export = work / "export"

@@ -650,6 +650,42 @@ def test_real_resume_remakes_a_lost_pair_bit_for_bit(real_run, accelerator):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_from_before_the_draft_makes_the_pairs_it_made_then(real_run, tiny_dda_checkpoint, accelerator):
+    """A checkpoint without `amplifier` or `draft` (as stage 2 wrote them before the draft) runs the DDA alone, and
+    its pairs are bit for bit what stage 3 made then: each batch through DDA.img2img with the pair's own seed, the
+    background and weight-0 regions copied from the source. A manifest written before the key resumes."""
+    from models.dda_io import load_dda
+
+    out, inputs, overrides = real_run
+    cfg = load_config(amp.DEFAULT_CONFIG, overrides)
+    assert "amplifier" not in torch.load(tiny_dda_checkpoint, weights_only=True)
+    records = [r for r in manifest(out) if r["status"] == "ok"]
+    assert {r["amplifier"] for r in records} == {"dda"}
+    dda = load_dda(tiny_dda_checkpoint)
+    aligner, parser = face_crops.build_face_tools(cfg, RES)
+    faces = [face_crops.prepare_face(inputs / r["input"], aligner, parser, RES) for r in records]
+    weights = {"eyes": None, "lips": 0.0, "skin": None}
+    for start in range(0, len(records), 2):  # the run's batches (batch_size=2), in plan order
+        batch = slice(start, start + 2)
+        source = torch.stack([from_uint8(f.source) for f in faces[batch]])
+        mask = torch.stack([torch.from_numpy(f.mask).long() for f in faces[batch]])
+        generators = [torch.Generator().manual_seed(int(r["seed"])) for r in records[batch]]
+        with torch.no_grad():
+            made = dda.img2img(source, mask, region_weights=weights, strength=0.5, num_steps=4, generator=generators)
+        for record, face, image in zip(records[batch], faces[batch], to_uint8(made.clamp(-1, 1))):
+            expected = amp.keep_source_outside_makeup(face.source, image, face.mask, weights)
+            assert np.array_equal(read_rgb(out / "target" / f"{record['name']}.png"), expected), record["name"]
+
+    # the manifest of a run made before the key: it resumes (nothing left to make), not "other settings"
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    (out / "manifest.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "amplifier"}) + "\n"
+                                                for r in lines))  # fmt: skip
+    models, resolution = amp.build_models(cfg, torch.device("cpu"))
+    summary = amp.amplify(cfg, accelerator, models, aligner, parser, resolution)
+    assert summary["made"] == 0 and summary["pairs"] == 3 and summary["amplifier"] == "dda"
+
+
+@pytest.mark.slow
 def test_real_output_trains_tinybeauty_without_conversion(real_run, tmp_path):
     out, _, _ = real_run
     if not (REPO / "tinybeauty_training.py").is_file():

@@ -108,8 +108,10 @@ def _enumerated_keys() -> list[tuple[str, str, str]]:
     """(default config, key, value) for every value of every enumerated key, from the code's own lists."""
     import dda_training
     import tinybeauty_training
+    from data import makeup_draft
     from models import tinybeauty
     from models.dda import SCHEDULERS
+    from models.dda_io import AMPLIFIERS
 
     tb, dda, amp = "configs/tinybeauty.yaml", "configs/dda.yaml", "configs/dda_amplify.yaml"
     table = {
@@ -120,6 +122,8 @@ def _enumerated_keys() -> list[tuple[str, str, str]]:
         (dda, "model.mixed_precision"): dda_training.MIXED_PRECISION, (dda, "diffusion.scheduler"): SCHEDULERS,
         (dda, "train.device"): ("auto", "cpu", "cuda"), (dda, "wandb.mode"): ("offline", "online", "disabled"),
         (amp, "scheduler"): SCHEDULERS, (amp, "model.dtype"): ("auto", "float32", "float16", "bfloat16"),
+        (dda, "amplifier"): AMPLIFIERS, (amp, "amplifier"): AMPLIFIERS, (dda, "draft.space"): makeup_draft.SPACES,
+        (dda, "draft.combine"): makeup_draft.COMBINES,
     }  # fmt: skip
     return [(config, key, value) for (config, key), values in table.items() for value in values]
 

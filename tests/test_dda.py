@@ -53,7 +53,9 @@ def face_batch(batch=2, size=RES, seed=0):
 
 
 def cli_config(tiny_sd, root, out, *extra):
+    """Stage 2 on the tiny model: the DDA alone (`amplifier=dda`: synthetic pairs have no landmarks for a draft)."""
     return [
+        "amplifier=dda",
         f"model.pretrained={tiny_sd}",
         f"data.root={root}",
         f"output_dir={out}",

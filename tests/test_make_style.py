@@ -22,7 +22,9 @@ TEMPLATE = "configs/makeup/classic_red_lip.yaml"
 DDA_EPOCHS = 6
 TINY = [
     "--amplify", "6",
-    "--dda-args", f"train.resolution=32 train.epochs={DDA_EPOCHS} train.checkpoint_every=1 train.sample_every={DDA_EPOCHS}",
+    # draft+dda: the amplifier with a DDA to train, so a kill can land inside stage 2 and resume there
+    "--dda-args", f"amplifier=draft+dda train.resolution=32 train.epochs={DDA_EPOCHS} train.checkpoint_every=1 "
+                  f"train.sample_every={DDA_EPOCHS}",
     "--amplify-args", "resolution=64",
     "--tinybeauty-args", "data.size=64 train.epochs=2 train.batch_size=4 train.warmup_steps=2 data.val_fraction=0.3",
 ]  # fmt: skip
@@ -71,7 +73,7 @@ def made(tiny_sd, tmp_path_factory):
 def test_the_rerun_resumes_inside_the_stage_it_was_killed_in(made):
     out, _, killed_at, timings_after_kill, stdout = made
     assert "[done before] 1. seed pairs" in stdout  # not made again
-    assert "2. DDA training (dda_training.py) (resuming)" in stdout
+    assert "2. amplifier: draft+dda (dda_training.py) (resuming)" in stdout
     assert f"--resume {out / 'work' / 'dda_model' / f'dda_checkpoint_epoch_{killed_at}.pt'}" in stdout
     dda = json.loads((out / "work" / "dda_model" / "summary.json").read_text())
     assert dda["epochs"] == DDA_EPOCHS and dda["epochs_this_run"] == DDA_EPOCHS - killed_at

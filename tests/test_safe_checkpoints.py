@@ -117,7 +117,7 @@ def test_every_checkpoint_a_smoke_run_writes_loads_without_pickle(tb_run, tiny_s
 
     out = tmp_path / "dda"
     dda_training.main(
-        [f"model.pretrained={tiny_sd}", f"data.root={pairs5}", f"output_dir={out}", "train.resolution=32",
+        ["amplifier=dda", f"model.pretrained={tiny_sd}", f"data.root={pairs5}", f"output_dir={out}", "train.resolution=32",
          "lora.rank=4", "train.epochs=2", "train.checkpoint_every=1", "train.sample_every=2",
          "diffusion.num_steps=4", "diffusion.strength=0.5", "wandb.mode=disabled"]
     )  # fmt: skip
