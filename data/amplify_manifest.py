@@ -166,8 +166,8 @@ def check_settings(records: dict[str, dict], jobs: Sequence[Job], settings: dict
         wanted = dict(settings, seed=job.seed)
         for key in RECORDED_SETTINGS:
             made_with = record.get(key, LEGACY_SETTINGS.get(key))
-            if made_with != wanted[key]:
+            if made_with != wanted.get(key, LEGACY_SETTINGS.get(key)):
                 raise InputError(
                     f"{out_dir} holds pairs made with {key}={made_with!r} (e.g. {record['name']}), "
-                    f"not {wanted[key]!r}: use a new output_dir or the same settings to resume"
+                    f"not {wanted.get(key, LEGACY_SETTINGS.get(key))!r}: use a new output_dir or the same settings to resume"
                 )

@@ -162,6 +162,7 @@ def test_amplify_loads_a_conditioned_dda_and_feeds_each_face_its_parse(tiny_sd, 
     cfg = OmegaConf.create(
         {
             "checkpoint": str(tmp_path / "dda_final.pt"),
+            "amplifier": None,
             "styles": None,
             "strength": None,
             "num_steps": None,
@@ -173,12 +174,13 @@ def test_amplify_loads_a_conditioned_dda_and_feeds_each_face_its_parse(tiny_sd, 
         }
     )  # fmt: skip  (unfused: bit for bit as the DDA itself; fused agrees to rounding, test_dda_path.py)
     models, resolution = dda_amplify.build_models(cfg, torch.device("cpu"))
-    assert resolution == RES and models[cfg.checkpoint].region_conditioning is not None
-    dda_amplify.resolve_sampling(cfg, models[cfg.checkpoint])
+    loaded = models[cfg.checkpoint].dda  # a checkpoint from before the draft: the DDA alone
+    assert resolution == RES and loaded.region_conditioning is not None and cfg.amplifier == "dda"
+    dda_amplify.resolve_sampling(cfg, loaded)
     source, mask = face_batch(2)
     seen = []
-    original = models[cfg.checkpoint].region_maps
-    monkeypatch.setattr(models[cfg.checkpoint], "region_maps", lambda m, hw: seen.append(m.clone()) or original(m, hw))
+    original = loaded.region_maps
+    monkeypatch.setattr(loaded, "region_maps", lambda m, hw: seen.append(m.clone()) or original(m, hw))
     out = dda_amplify.generate(models, cfg, source, mask, [3, 4])
     assert torch.equal(seen[0].cpu(), mask)
     assert torch.equal(out, generate(dda))
