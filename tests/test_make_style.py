@@ -77,6 +77,8 @@ def test_the_rerun_resumes_inside_the_stage_it_was_killed_in(made):
     assert f"--resume {out / 'work' / 'dda_model' / f'dda_checkpoint_epoch_{killed_at}.pt'}" in stdout
     dda = json.loads((out / "work" / "dda_model" / "summary.json").read_text())
     assert dda["epochs"] == DDA_EPOCHS and dda["epochs_this_run"] == DDA_EPOCHS - killed_at
+    # draft+dda: the DDA trained on the seeds' leave-one-out drafts, RDM's alpha held at 1, the resume too
+    assert dda["amplifier"] == "draft+dda" and dda["rdm_alpha"] == 1.0 and dda["draft"]["leave_one_out"]
     assert "3. amplification (dda_amplify.py)\n" in stdout  # the stages after it ran once, from the start
     timings = json.loads((out / "work" / "timings.json").read_text())
     assert timings["dda"] > timings_after_kill["dda"] > 0  # the killed run's time is kept and added to
