@@ -150,9 +150,13 @@ class FaceWarp:
         self.reference_areas = signed_areas(self.reference, self.triangles)
 
     def folded(self, points: np.ndarray) -> np.ndarray:
-        """(T,) bool: triangles flipped or collapsed in a face (`points` from `warp_points`) against the reference."""
+        """(T,) bool: triangles flipped or collapsed in a face (`points` from `warp_points`) against the reference.
+
+        Areas are compared as shares of the whole triangulation (the image, whose border the anchors span), so a
+        face at another size than the reference's is judged alike."""
         areas = signed_areas(points, self.triangles)
-        return areas < MIN_AREA_RATIO * self.reference_areas
+        scale = np.abs(areas).sum() / np.abs(self.reference_areas).sum()
+        return areas < MIN_AREA_RATIO * scale * self.reference_areas
 
     def mapping(self, source_points: np.ndarray, destination_points: np.ndarray, shape: tuple[int, int]) -> WarpMap:
         """The map that brings an image in the source face's geometry onto the destination face's.
