@@ -54,12 +54,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--eye-region",
         choices=EYE_REGIONS,
-        default="lid",
-        help="what the masks' eye label covers: lid (lids and liner; default) or area (also the brows and the eye "
-        "openings, where a learned style may paint too); stage 2 records it and stage 3 parses alike",
+        default=None,
+        help="what the masks' eye label covers: lid (lids and liner; the default with --template, whose makeup is "
+        "known) or area (also the brows and the eye openings, where a learned style may paint too; the default with "
+        "--import); stage 2 records it and stage 3 parses alike",
     )
     parser.add_argument("--max-shift", type=float, default=3.0, help="import: warn above this landmark shift (px)")
     args = parser.parse_args(argv)
+    if args.eye_region is None:  # why: docs/decisions.md#make_seed_pairs---eye-region
+        args.eye_region = "area" if args.import_dirs else "lid"
     if args.faces and not args.template:
         parser.error("--faces needs --template configs/makeup/NAME.yaml")
     if args.num < 1 or args.size < 64:

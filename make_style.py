@@ -362,6 +362,17 @@ def amplifier_words(amplifier: str, pretrained: str) -> str:
     return AMPLIFIER_WORDS.get(amplifier, amplifier).format(pretrained=pretrained)
 
 
+def cores_used() -> str:
+    """The cores this process may run on (taskset, a container's limit) out of the machine's, for the card."""
+    total = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    threads = os.environ.get("OMP_NUM_THREADS")
+    thread_words = f", {threads} torch thread(s) per stage" if threads else ""
+    if allowed == total:
+        return f"{total} CPU core(s){thread_words}"
+    return f"{allowed} of the machine's {total} CPU cores{thread_words}"
+
+
 def write_card(args: argparse.Namespace, work: Path, out: Path, timings: Timings, title: str) -> str:
     total = sum(timings.seconds.values())
     amp = read_json(work / "amplified" / "summary.json")
@@ -394,7 +405,7 @@ def write_card(args: argparse.Namespace, work: Path, out: Path, timings: Timings
 `{args.faces}` that were not seeds, by {amplifier_words(amp.get("amplifier", "dda"), args.pretrained)}.
 
 ## Time
-{format_seconds(total)} on {os.cpu_count()} CPU cores ({per_stage}), summed over every run of the command;
+{format_seconds(total)} on {cores_used()} ({per_stage}), summed over every run of the command;
 measured on a shared machine (load average {timings.load:.1f} when its last stage finished).
 
 ## Data and licence

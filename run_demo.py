@@ -6,8 +6,10 @@
 
 Stages, each the same script a user runs on a GPU, with the small configs in `configs/demo/`:
   1. make_seed_pairs.py    five seed pairs from bundled sample faces and a shipped makeup template
-  2. dda_training.py       the DDA (LoRA + RDM + FGMM) over the shipped face prior (weights/face_prior/,
-                           an SD-1.5-shaped model the project trained on faces; SD 1.5 itself cannot be
+  2. dda_training.py       the amplifier: by default the makeup draft (the seeds' change carried onto each face
+                           by its landmarks); `amplifier: draft+dda` (or dda) in configs/demo/dda.yaml trains the DDA
+                           (LoRA + RDM + FGMM) over the shipped face prior (weights/face_prior/, an
+                           SD-1.5-shaped model the project trained on faces; SD 1.5 itself cannot be
                            downloaded here), at 128 px
   3. dda_amplify.py        the remaining sample faces -> makeup pairs
      data.makeup_truth     the template rendered on those very crops: how much of the makeup the amplified

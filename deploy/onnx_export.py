@@ -48,7 +48,9 @@ def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17) 
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
-    atomic_write(path, lambda tmp: _export(WithIntensity(model), dummy, tmp, opset))
+    # The wrapper in eval mode too: the exporter puts the module it is given back in that module's own mode, and
+    # a new wrapper is in training mode, which would leave the caller's model with BatchNorm on batch statistics.
+    atomic_write(path, lambda tmp: _export(WithIntensity(model).eval(), dummy, tmp, opset))
     return path
 
 

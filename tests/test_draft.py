@@ -98,7 +98,6 @@ def test_a_folded_triangle_is_detected_and_left_out():
     assert (out[~mapping.valid] == 0).all() and (out[mapping.valid] == 200).all()
 
 
-
 def test_a_face_at_another_size_is_not_taken_for_folded():
     """The same face at an eighth of the reference's size: every triangle 1/64 as large, none folded (the
     fold test compares shares of the image, not pixels), in either direction."""
@@ -109,6 +108,7 @@ def test_a_face_at_another_size_is_not_taken_for_folded():
     assert mapping.folded_triangles == 0 and mapping.valid.all()
     back = warp.mapping(warp_points(landmarks / 8, small, small), warp.reference, (SIZE, SIZE))
     assert back.folded_triangles == 0
+
 
 def test_facemesh_mirror_is_an_involution_and_a_symmetry_of_the_mesh():
     from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION

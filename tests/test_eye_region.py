@@ -51,7 +51,12 @@ def test_stage_1_writes_and_records_it_and_keeps_a_folder_to_one_convention(tmp_
         expected = parser.parse(read_rgb(out / "source" / "a.png")).makeup
     assert np.array_equal(read_labels(out / "mask" / "a.png"), expected)
     with pytest.raises(InputError, match="--eye-region area, not lid"):
-        make_seed_pairs.main(["--import", str(before), str(after), "--output", str(out), "--size", "256"])
+        make_seed_pairs.main(["--import", str(before), str(after), "--output", str(out), "--size", "256",
+                              "--eye-region", "lid"])  # fmt: skip
+    # an import's default is area (a learned style's seeds do not say where it paints), a template's lid
+    assert make_seed_pairs.parse_args(["--import", str(before), str(after), "--output", "x"]).eye_region == "area"
+    template = ["--faces", str(SAMPLE_FACES), "--template", "configs/makeup/classic_red_lip.yaml", "--output", "x"]
+    assert make_seed_pairs.parse_args(template).eye_region == "lid"
 
 
 def test_the_dda_records_its_seeds_convention_and_stage_3_follows_it(tmp_path):

@@ -269,3 +269,14 @@ def test_onnx_intensity_is_an_optional_input(trained, tmp_path, int8_format):
             expected = blend(torch.from_numpy(faces), torch.from_numpy(alone), intensity).numpy()
             assert np.abs(run(intensity) - expected).max() < 1e-5, (name, intensity)
             assert np.abs(run(intensity) - alone).max() > 0.05  # the input is live, not folded into a constant
+
+
+def test_export_leaves_a_batchnorm_model_in_eval_mode(tmp_path):
+    """The exporter restores the mode of the module it is handed; the intensity wrapper must not hand back a model
+    in training mode, or the check that follows compares ONNX with BatchNorm on batch statistics."""
+    from deploy.onnx_export import export_onnx
+    from models.tinybeauty import TinyBeauty
+
+    model = TinyBeauty(norm="batch").eval()
+    export_onnx(model, tmp_path / "m.onnx", 32)
+    assert not any(module.training for module in model.modules())
