@@ -689,8 +689,6 @@ def test_a_checkpoint_from_before_the_draft_makes_the_pairs_it_made_then(real_ru
 @pytest.mark.slow
 def test_real_output_trains_tinybeauty_without_conversion(real_run, tmp_path):
     out, _, _ = real_run
-    if not (REPO / "tinybeauty_training.py").is_file():
-        pytest.skip("tinybeauty_training.py not written yet")
     command = [
         sys.executable,
         str(REPO / "tinybeauty_training.py"),

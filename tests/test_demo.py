@@ -40,8 +40,7 @@ EXPECTED = [
     "seed_pairs/contact_sheet.png",
     "amplified_truth/summary.json",
     "dda_model/dda_final.pt",
-    "dda_model/pytorch_lora_weights.safetensors",
-    "dda_model/sample_epoch_2.png",
+    "dda_model/draft_samples.png",  # the default amplifier: the makeup draft (no LoRA, no DDA samples)
     "dda_model/summary.json",
     "amplified/manifest.jsonl",
     "amplified/contact_sheet.png",
@@ -98,8 +97,9 @@ def test_summary_figures_are_the_files_figures(demo_run):
     export = _json(demo_run / "export" / "export_report.json")
     timings = _json(demo_run / "timings.json")
     expected = [
-        f"RDM alpha {dda['rdm_alpha']:.4f}",
-        f"{dda['steps']} steps",
+        f"makeup draft (`amplifier: {dda['amplifier']}`)",
+        f"each seed drafted from the others: {dda['draft']['leave_one_out_mean']['psnr_db']:.2f} dB against its "
+        f"target (the plain face {dda['draft']['leave_one_out_mean']['identity_psnr_db']:.2f} dB)",
         f"{amp['pairs']} pairs in `amplified/`",
         f"{tb['params']} parameters",
         f"val PSNR {tb['best_val_psnr']:.2f} dB (identity {tb['identity_psnr']:.2f} dB)",

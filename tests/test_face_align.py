@@ -94,8 +94,6 @@ def test_feather_mask_edges():
 @pytest.mark.slow
 def test_inference_full_photo_cli(tmp_path, two_faces):
     """tinybeauty_inference.py --full-photo on a two-face photo and a photo with no face."""
-    if not (REPO / "tinybeauty_inference.py").is_file():
-        pytest.skip("tinybeauty_inference.py not present")
     from PIL import Image
 
     from models.tinybeauty import TinyBeauty

@@ -78,7 +78,10 @@ def test_upcast_dda_runs_img2img_in_fp16(tiny_sd):
     source, mask = face_batch(1)
     try:
         out = dda.img2img(source, mask, generator=torch.Generator().manual_seed(0))
-    except RuntimeError as err:  # some CPU builds have no fp16 kernels for every op
+    except RuntimeError as err:
+        # Only a missing fp16 kernel (some CPU builds) is a skip; a Half/Float mismatch is the bug this test is for.
+        if "not implemented for 'Half'" not in str(err):
+            raise
         pytest.skip(f"fp16 on this CPU: {err}")
     assert out.shape == source.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
 

@@ -98,6 +98,12 @@ def test_the_style_folder_is_complete_and_runs(made, tmp_path):
     for needed in ("python make_style.py --template configs/makeup/classic_red_lip.yaml", "## Time",
                    "Non-commercial research use only", "makeup R^2", "int8 against PyTorch", "not measured"):  # fmt: skip
         assert needed in card, needed
+    # the figures themselves, from the stages' own summaries, not just their labels
+    truth = json.loads((out / "work" / "truth" / "summary.json").read_text())
+    export = json.loads((out / "work" / "export" / "export_report.json").read_text())
+    r2 = {key: "n/a" if truth[key] is None else f"{truth[key]:.2f}" for key in ("r2", "r2_lips")}  # noise: no lips
+    assert f"makeup R^2 {r2['r2']} over the face (lips {r2['r2_lips']}" in card
+    assert f"int8 against PyTorch: {export['int8']['drop_db_vs_pytorch']:+.3f} dB" in card
     assert (out / "summary.md").is_file() and "4. TinyBeauty training" in (out / "summary.md").read_text()
     summary = main(["--style", str(out), "--input", str(SAMPLE_FACES / "AF1.jpg"), "--output", str(tmp_path)])
     assert summary["written"] == 1 and summary["model_size"] == 64
