@@ -395,9 +395,8 @@ def train(cfg, run_dir: Path, resume_ckpt: dict | None = None, resume_path: str 
     holdout = load_holdout(holdout_path, cfg.train.resolution, eye_region)
     dda, use_fp16 = build_model(cfg, device)
     dda.eye_region = eye_region  # stage 3 parses new faces with the seeds' mask convention
-    if str(cfg.get("amplifier", "dda")) == "draft+dda":  # it corrects drafts (the calibration's folds too): RDM gives
-        # the draft's own detail back whole (alpha 1)
-        hold_alpha_at_one(dda)
+    if str(cfg.amplifier) == "draft+dda":  # it corrects drafts (the calibration's folds too): RDM gives the draft's
+        hold_alpha_at_one(dda)  # own detail back whole (alpha 1)
     counts = parameter_counts(dda)
     regions = f", region conditioning {counts['region_conditioning']}" if "region_conditioning" in counts else ""
     log.info(
