@@ -476,16 +476,17 @@ class FaceParser:
             )
         return self._mesh
 
-    def landmarks(self, image: np.ndarray) -> list[np.ndarray]:
-        """(478, 2) float32 pixel landmarks of every face found, largest first."""
+    def landmarks(self, image: np.ndarray, depth: bool = False) -> list[np.ndarray]:
+        """(478, 2) float32 pixel landmarks of every face found, largest first; `depth`: (478, 3), z in pixels
+        too (MediaPipe's relative depth times the image width, larger = further away; for head pose)."""
         image = _as_rgb(image)
         height, width = image.shape[:2]
         result = self._get_mesh().process(image)
         faces = []
         for face in result.multi_face_landmarks or []:
-            xy = np.array([(p.x * width, p.y * height) for p in face.landmark], np.float32)
-            faces.append(xy)
-        return sorted(faces, key=lambda xy: -cv2.contourArea(xy[FACE_OVAL]))
+            xyz = np.array([(p.x * width, p.y * height, p.z * width) for p in face.landmark], np.float32)
+            faces.append(xyz if depth else np.ascontiguousarray(xyz[:, :2]))
+        return sorted(faces, key=lambda xy: -cv2.contourArea(np.ascontiguousarray(xy[FACE_OVAL, :2])))
 
     def parse(self, image: np.ndarray) -> FaceParse | None:
         """Parse the largest face of an (H, W, 3) uint8 RGB image; None when no face is found."""
