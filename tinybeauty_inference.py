@@ -3,6 +3,7 @@
     python tinybeauty_inference.py --checkpoint tinybeauty_model/tinybeauty_best_psnr.pt --input faces/ --output out/
     python tinybeauty_inference.py --checkpoint CKPT --input photo.jpg --output out/ --full-photo
     python tinybeauty_inference.py --checkpoint CKPT --input faces/ --output out/ --intensity 0.5
+    python tinybeauty_inference.py --checkpoint CKPT --input photos/ --output out/ --intensity lips=1.2,eyes=0.6,skin=0
     python tinybeauty_inference.py --list-styles                                  # the shipped styles
     python tinybeauty_inference.py --style smoky_eye --input photos/ --output out/ --full-photo   # no training
 
@@ -14,6 +15,9 @@ For a face of another size that residual is resized to the face's size before it
 large face keeps its own detail and only the makeup is upsampled. `--intensity X` (0 to 1.5, default
 1) scales the residual: `clamp(face + X * residual)`; 0 gives the face back exactly, 1 the model's
 output, 1.5 a stronger look (the exported ONNX takes the same value as its `intensity` input).
+`--intensity lips=1.2,eyes=0.6,skin=0` gives each region its own (a region left out keeps 1): each face the
+model sees is parsed (data/face_parsing.py, FaceMesh) and the change is scaled by a feathered per-pixel map
+(deploy/regions.py; skin is the rest of the face, the background included). Equal values parse nothing.
 `--full-photo` finds every face in a photo (data.face_align), applies the model to each aligned face
 and pastes it back with a feathered edge; a photo without a face is written unchanged and reported.
 `--style NAME` runs a shipped style's ONNX (weights/styles/NAME/, deploy/styles.py; the fp32 export unless
@@ -46,7 +50,8 @@ from common import (
 from data.face_align import FaceAligner, process_full_photo
 from data.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_rgb
 from deploy.crop_model import MakeupModel
-from deploy.makeup import apply_makeup, check_intensity, load_model
+from deploy.makeup import apply_makeup, load_model
+from deploy.regions import RegionIntensity, RegionParser, parse_intensity
 from deploy.styles import DEFAULT_PRECISION, add_style_arguments, describe_styles, get_style
 from errors import InputError
 
@@ -72,28 +77,40 @@ def process_photo(photo: np.ndarray, face_fn: Callable[[np.ndarray], np.ndarray]
     return process_full_photo(photo, face_fn, aligner)
 
 
-def face_function(checkpoint: str | Path | None, style: str | None, precision: str, device: str, intensity: float):
-    """(face_fn: (H, W, 3) uint8 -> the same with makeup, the model's resolution, {what runs: its path})."""
+def face_function(
+    checkpoint: str | Path | None,
+    style: str | None,
+    precision: str,
+    device: str,
+    levels: RegionIntensity,
+    regions: RegionParser | None = None,
+):
+    """(face_fn: (H, W, 3) uint8 -> the same with makeup, the model's resolution, {what runs: its path}).
+    Per region (`levels` not uniform) each face is parsed with `regions` into its intensity map."""
     if style is not None:
         chosen = get_style(style)
-        engine = MakeupModel(chosen.model(precision), "onnxruntime", os.cpu_count() or 1, intensity)
+        engine = MakeupModel(chosen.model(precision), "onnxruntime", os.cpu_count() or 1, levels)
+        engine.regions = regions
         return engine.makeup, engine.size, {"style": chosen.name, "model": str(engine.path)}
     torch_device = get_device(device)
     model, size = load_model(checkpoint, torch_device)
 
     def checkpoint_fn(face: np.ndarray) -> np.ndarray:
-        return apply_makeup(model, face, size, torch_device, intensity)
+        if levels.uniform is not None:  # one value everywhere: no parse, today's output bit for bit
+            return apply_makeup(model, face, size, torch_device, levels.uniform)
+        return apply_makeup(model, face, size, torch_device, 1.0, regions.intensity_map(face, levels, size))
 
     return checkpoint_fn, size, {"checkpoint": str(checkpoint)}
 
 
 def run(checkpoint: str | Path | None, inputs: list[Path], output: Path, full_photo: bool = False,
-        device: str = "auto", intensity: float = 1.0, style: str | None = None,
+        device: str = "auto", intensity: float | str | dict | RegionIntensity = 1.0, style: str | None = None,
         precision: str = DEFAULT_PRECISION):  # fmt: skip
-    intensity = check_intensity(intensity)
-    face_fn, size, info = face_function(checkpoint, style, precision, device, intensity)
+    levels = parse_intensity(intensity, "--intensity")
+    regions = RegionParser() if levels.uniform is None else None
+    face_fn, size, info = face_function(checkpoint, style, precision, device, levels, regions)
     described = f"style {info['style']} ({info['model']}, ONNX Runtime)" if style else f"{checkpoint} (device {device})"
-    log.info("model %s, trained at %dx%d; %d input(s), intensity %g", described, size, size, len(inputs), intensity)
+    log.info("model %s, trained at %dx%d; %d input(s), intensity %s", described, size, size, len(inputs), levels)
 
     written, skipped, no_face, faces_total, start = [], [], [], 0, time.time()
     aligner = face_aligner() if full_photo else None
@@ -118,6 +135,11 @@ def run(checkpoint: str | Path | None, inputs: list[Path], output: Path, full_ph
         written.append(str(out_path))
     if aligner is not None:
         aligner.close()
+    if regions is not None:
+        regions.close()
+        if regions.unparsed:
+            log.warning("%d face(s) without a parse (FaceMesh found no face in the crop): the skin value there",
+                        regions.unparsed)  # fmt: skip
     summary = {
         "stage": "tinybeauty_inference",
         "checkpoint": None,
@@ -125,7 +147,8 @@ def run(checkpoint: str | Path | None, inputs: list[Path], output: Path, full_ph
         **info,
         "model_size": size,
         "full_photo": full_photo,
-        "intensity": intensity,
+        "intensity": levels.summary(),
+        **(regions.counts() if regions is not None else {}),
         "inputs": len(inputs),
         "written": len(written),
         "skipped": skipped,
@@ -139,6 +162,13 @@ def run(checkpoint: str | Path | None, inputs: list[Path], output: Path, full_ph
     return summary
 
 
+def intensity_argument(text: str) -> RegionIntensity:
+    try:
+        return parse_intensity(text, "--intensity")
+    except ValueError as err:  # argparse prints an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     model = parser.add_mutually_exclusive_group()
@@ -148,7 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", help="folder for the results (one PNG per input)")
     parser.add_argument("--full-photo", action="store_true", help="find, align and process every face of a photo")
     parser.add_argument(
-        "--intensity", type=float, default=1.0, help="makeup strength, 0 (none) to 1.5; 1 is the trained look"
+        "--intensity",
+        type=intensity_argument,
+        default=RegionIntensity(),
+        help="makeup strength, 0 (none) to 1.5, 1 the trained look; per region: lips=1.2,eyes=0.6,skin=0",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     args = parser.parse_args(argv)
@@ -159,10 +192,6 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("one of --checkpoint or --style is needed (--list-styles shows the shipped styles)")
     if not (args.input and args.output):
         parser.error("--input and --output are needed")
-    try:
-        check_intensity(args.intensity)
-    except ValueError as err:
-        parser.error(f"--{err}")
     setup_logging()
     if args.style:
         get_style(args.style)  # an unknown or incomplete style stops here, naming the known ones or the missing file

@@ -4,7 +4,8 @@ The model runs at its training resolution (`data.size` of the checkpoint's confi
 there is the clamped output minus the face, `clamp(face + raw residual) - face`, what training compared
 with the target. For a face of another size that residual is resized to the face's size before it is
 added, so a large face keeps its own detail and only the makeup is upsampled. The intensity (0 to 1.5)
-scales it: `clamp(face + X * residual)`; 0 gives the face back exactly, 1 the model's output.
+scales it: `clamp(face + X * residual)`; 0 gives the face back exactly, 1 the model's output. An
+intensity map (deploy/regions.py: one value per region, lips, eyes, skin) scales it pixel by pixel instead.
 """
 
 from __future__ import annotations
@@ -46,27 +47,45 @@ def blend(face: torch.Tensor, makeup: torch.Tensor, intensity: float | torch.Ten
 
 @torch.no_grad()
 def apply_makeup(
-    model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device, intensity: float = 1.0
+    model: torch.nn.Module,
+    image: np.ndarray,
+    size: int,
+    device: torch.device,
+    intensity: float = 1.0,
+    intensity_map: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, W, 3) uint8 face of any size -> (H, W, 3) uint8 with makeup at `intensity` (0 to 1.5)."""
-    return makeup_image(lambda small: model(small.to(device)).float().cpu(), image, size, intensity)
+    """(H, W, 3) uint8 face of any size -> (H, W, 3) uint8 with makeup at `intensity` (0 to 1.5), or at a
+    per-pixel `intensity_map` ((size, size) float32, deploy.regions) when one is given."""
+    return makeup_image(lambda small: model(small.to(device)).float().cpu(), image, size, intensity, intensity_map)
 
 
 @torch.no_grad()
 def makeup_image(
-    run: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray, size: int, intensity: float = 1.0
+    run: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    size: int,
+    intensity: float = 1.0,
+    intensity_map: np.ndarray | None = None,
 ) -> np.ndarray:
     """`apply_makeup` for any engine: `run` maps (1, 3, size, size) float32 in [-1, 1] to the model's output,
-    clamp(face + residual), the same shape (PyTorch, or an ONNX Runtime session: deploy.crop_model)."""
+    clamp(face + residual), the same shape (PyTorch, or an ONNX Runtime session: deploy.crop_model).
+
+    `intensity_map` ((size, size) float32, the face's regions: deploy.regions) replaces `intensity`: the change
+    at the model's size is scaled pixel by pixel, clamp(face + I(x) x change), before it is resized."""
     intensity = check_intensity(intensity)
     height, width = image.shape[:2]
     small = from_uint8(np.array(resize_rgb(image, size)))[None]  # (1, 3, size, size) in [-1, 1]
     makeup = run(small).float()  # clamp(small + residual): what training compared with the target
+    if intensity_map is not None:
+        intensity = torch.from_numpy(np.ascontiguousarray(intensity_map, np.float32))[None, None]  # (1, 1, S, S)
     if (height, width) == (size, size):
         return to_uint8(blend(small, makeup, intensity)[0])
     # The change the model made at its resolution, not its raw residual: near saturated pixels the raw
     # residual is unconstrained (training only saw it through the clamp) and would bleed when upsampled.
-    return add_change(image, (makeup - small)[0], intensity)
+    change = (makeup - small)[0]
+    if intensity_map is not None:  # scaled here, at the model's size: the map is smooth, the resize linear
+        return add_change(image, change * intensity[0], 1.0)
+    return add_change(image, change, intensity)
 
 
 def add_change(

@@ -146,6 +146,31 @@ def test_intensity_zero_gives_the_photo_back_and_half_matches_onnxruntime(upload
     page_driver.set_intensity(page, 1)
 
 
+def test_region_sliders_make_up_the_lips_alone(uploaded):
+    """lips 1, eyes 0, skin 0: the lips as at intensity 1, the eye area and the top of the crop as they were
+    (the page's regions are ellipses about the detector's keypoints; Python's parse of the crop checks them)."""
+    import cv2
+
+    from data.face_parsing import FaceParser
+
+    page, int8, _, canvases = uploaded
+    crop = canvases["crop-before"]
+    full = python_makeup(int8, crop).astype(int)
+    last = page_driver.set_regions(page, lips=1, eyes=0, skin=0)
+    assert last["intensity"] is None and last["regions"] == {"lips": 1, "eyes": 0, "skin": 0}
+    assert "lips 1.00 · eyes 0.00 · skin 0.00" in page.inner_text("#status")
+    made = page_driver.read_canvas(page, "crop-after").astype(int)
+    with FaceParser(max_num_faces=1, eye_region="area") as parser:
+        regions = parser.parse(crop).makeup
+    lips = cv2.erode((regions == 2).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    eyes = regions == 1
+    assert lips.sum() > 100 and np.abs(full[lips] - crop[lips]).mean() > 5  # the stand-in changes the lips
+    assert np.abs(made[lips] - full[lips]).max() <= MAX_DIFF + 1
+    assert np.array_equal(made[eyes], crop[eyes]) and np.array_equal(made[:40], crop[:40])
+    page_driver.set_intensity(page, 1)  # all three back to 1: the single intensity again
+    assert np.abs(page_driver.read_canvas(page, "crop-after").astype(int) - full).max() <= MAX_DIFF
+
+
 def test_webcam_runs_frames_with_a_face(uploaded):
     """getUserMedia with Chromium's fake camera playing the sample face: frames keep coming, each with
     the face found, and the page shows its per-frame time."""
@@ -157,6 +182,10 @@ def test_webcam_runs_frames_with_a_face(uploaded):
     last = page_driver.check(page)["last"]
     assert (last["width"], last["height"]) == (640, 480) and len(last["faces"]) == 1
     assert "median of the last" in page.inner_text("#timing")
+    # serve.py sends the cross-origin isolation headers: more than one WASM thread, and the line says why
+    state = page_driver.check(page)
+    isolated = page.evaluate("() => self.crossOriginIsolated")
+    assert isolated and state["threads"] >= 2 and "threads (cross-origin isolated" in page.inner_text("#timing")
     page.click("#webcam")  # stop
     assert page.inner_text("#webcam") == "Webcam"
 
@@ -202,12 +231,27 @@ def lips_and_outside(before: np.ndarray, face: dict) -> tuple[np.ndarray, np.nda
     return lips, (u <= -1) | (v <= -1) | (u >= 256) | (v >= 256)
 
 
+def test_models_json_lists_the_style_that_shows_most_first(tmp_path):
+    """serve.py ranks the styles by their change on the sample face (the mean over the 1% of the crop they change
+    most): the reddening stand-in before the warm tint, whatever their names' order."""
+    from web.serve import SAMPLE, rank_styles, served_styles
+
+    page_driver.stand_in_style(tmp_path, "a_warm", seed=0, tint=page_driver.WARM_TINT)
+    page_driver.stand_in_style(tmp_path, "b_red", seed=1, tint=page_driver.RED_TINT)
+    _, menu = served_styles(tmp_path)
+    ranked = rank_styles(menu, SAMPLE)
+    assert [entry["style"] for entry in ranked] == ["b_red", "a_warm"]
+    assert ranked[0]["change"] > ranked[1]["change"] > 5 and all("file" not in entry for entry in ranked)
+    _, menu = served_styles(tmp_path)
+    assert [entry["style"] for entry in rank_styles(menu, tmp_path / "missing.jpg")] == ["a_warm", "b_red"]
+
+
 def test_page_opens_on_the_sample_made_up_with_the_first_style(styled_page):
     page, styles = styled_page
     options = page.eval_on_selector_all("#model option", "els => els.map(e => [e.textContent, e.value])")
-    assert options == [
-        ["Stand-in a_warm", "styles/a_warm/tinybeauty_fp32.onnx"],
+    assert options == [  # the style that shows most first (serve.py's rank_styles)
         ["Stand-in b_red", "styles/b_red/tinybeauty_fp32.onnx"],
+        ["Stand-in a_warm", "styles/a_warm/tinybeauty_fp32.onnx"],
     ]
     state = page_driver.check(page)
     last = state["last"]
@@ -225,20 +269,21 @@ def test_page_opens_on_the_sample_made_up_with_the_first_style(styled_page):
 def test_switching_the_style_changes_the_output_in_place(styled_page):
     page, _ = styled_page
     first = page_driver.check(page)["last"]
+    assert first["model"] == "styles/b_red/tinybeauty_fp32.onnx"  # the page opened on the reddening style
     before = page_driver.read_canvas(page, "before")
-    warm = page_driver.read_canvas(page, "after").astype(int)
-    last = page_driver.choose_style(page, "styles/b_red/tinybeauty_fp32.onnx")
-    assert last["source"] == first["source"] and last["run"] > first["run"]  # the same photo, made again
-    assert "model=styles%2Fb_red" in page.url or "model=styles/b_red" in page.url  # the URL says which style
     red = page_driver.read_canvas(page, "after").astype(int)
+    last = page_driver.choose_style(page, "styles/a_warm/tinybeauty_fp32.onnx")
+    assert last["source"] == first["source"] and last["run"] > first["run"]  # the same photo, made again
+    assert "model=styles%2Fa_warm" in page.url or "model=styles/a_warm" in page.url  # the URL says which style
+    warm = page_driver.read_canvas(page, "after").astype(int)
     assert np.array_equal(page_driver.read_canvas(page, "before"), before)
     lips, outside = lips_and_outside(before, last["faces"][0])
     assert np.abs(red - warm)[lips].mean() > 5
     redness = (red[..., 0] - red[..., 1])[lips].mean() - (warm[..., 0] - warm[..., 1])[lips].mean()
     assert redness > 5, f"the reddening style is only {redness:.1f} grey levels redder on the lips"
-    assert np.array_equal(red[outside], before[outside])
-    page_driver.choose_style(page, "styles/a_warm/tinybeauty_fp32.onnx")
-    assert np.array_equal(page_driver.read_canvas(page, "after"), warm)  # and back: the same pixels
+    assert np.array_equal(warm[outside], before[outside])
+    page_driver.choose_style(page, "styles/b_red/tinybeauty_fp32.onnx")
+    assert np.array_equal(page_driver.read_canvas(page, "after"), red)  # and back: the same pixels
 
 
 def test_a_phone_photo_is_shown_upright(styled_page, tmp_path):

@@ -20,6 +20,11 @@
 //   the photo -> crop affine is cv2's (pixel indices, getRotationMatrix2D);
 // - the model sees the crop as RGB planes in [-1, 1]; its output is rounded to uint8;
 // - paste-back adds (output - crop) warped back bilinearly under FaceAligner's feathered mask.
+// Makeup per region (the lips, eyes and skin sliders; deploy/regions.py in Python): the change is scaled pixel by
+// pixel, clamp(crop + I(x) x change). Python parses the crop with FaceMesh; the page has only the face detector's
+// six keypoints (MediaPipe Tasks' FaceLandmarker needs face_landmarker.task, which neither the npm package nor the
+// mediapipe wheel ships), so it places the regions as feathered ellipses about the eye and mouth keypoints, sized
+// from FaceMesh parses of the 16 sample faces. Equal sliders use the single intensity, as before, bit for bit.
 import { FaceDetector, FilesetResolver } from "@mediapipe/tasks-vision";
 
 const params = new URLSearchParams(location.search);
@@ -41,6 +46,17 @@ const FULL_RANGE_SIDE = 1 / 0.945;
 const FULL_RANGE_SHIFT_Y = -0.05;
 const MAX_FACES = 4;
 const OVAL_CROP = 0.9; // framing=oval: the crop is the centre square of 0.9 x the frame's short side
+const REGIONS = ["lips", "eyes", "skin"]; // deploy/regions.py's names; skin is the rest of the face and the background
+// Where the keypoints sit in an aligned crop (fractions of its side; the mean over the 16 sample faces), for
+// framing=oval, which has no detector.
+const CROP_KEYPOINTS = { rightEye: [0.391, 0.415], leftEye: [0.604, 0.415], mouth: [0.499, 0.645] };
+// The regions as ellipses in units of the eye distance d, about a keypoint moved down by dy: FaceMesh's lips
+// (makeup label 2) and eye area (label 1: lids, liner, brows) span these on the sample faces, plus 10%.
+const LIPS_ELLIPSE = { dy: 0.04, a: 0.44, b: 0.18 };
+const EYE_ELLIPSE = { dy: -0.14, a: 0.41, b: 0.25 };
+// A region's weight falls from 1 on its ellipse to 0 this far outside it (eye distances along the shorter radius; 8
+// pixels of a 256 crop, as deploy/regions.py's feather).
+const REGION_FEATHER = 0.15;
 
 const $ = (id) => document.getElementById(id);
 const before = $("before");
@@ -63,7 +79,9 @@ const state = {
   sample: null, // the photo shown on load: null while loading, then "shown" or "none"
   framing: params.get("framing") === "oval" ? "oval" : "detector",
   detectorError: null, // why the page fell back to the oval guide, if it did
-  intensity: 1,
+  intensity: 1, // the all-regions slider
+  regions: { lips: 1, eyes: 1, skin: 1 }, // the per-region sliders; equal values: the single intensity
+  threadsWhy: "", // why this many WASM threads
   source: null, // "sample:NAME", "upload:NAME" or "webcam"
   runs: 0,
   last: null, // {source, intensity, faces: [{box, angle, score, matrix}], inferenceMs, frameMs, ...}
@@ -127,9 +145,20 @@ async function initRuntime() {
   // Threads need SharedArrayBuffer, which browsers give only to cross-origin isolated pages (serve.py).
   // One core is left to the page's own work (detection, paste-back) and the browser's: on the 2 loaded
   // cores this was measured, 2 WASM threads ran the model slower than 1 (bench/results/web_bench.json).
+  // Isolated, the page takes at least 2 threads (up to 4) even on 2 cores, where that was slower than 1 under load:
+  // on an idle phone or laptop the second thread pays. threads=1 in the URL asks for one.
   const cores = navigator.hardwareConcurrency || 1;
-  const fallback = self.crossOriginIsolated ? Math.max(1, Math.min(4, cores - 1)) : 1;
-  state.threads = Number(params.get("threads")) || fallback;
+  const asked = Number(params.get("threads"));
+  if (!self.crossOriginIsolated) {
+    state.threads = 1;
+    state.threadsWhy = "not cross-origin isolated: no SharedArrayBuffer (serve with web/serve.py)";
+  } else if (asked > 0) {
+    state.threads = asked;
+    state.threadsWhy = "threads= in the URL";
+  } else {
+    state.threads = Math.min(4, Math.max(2, cores - 1));
+    state.threadsWhy = `cross-origin isolated, ${cores} cores`;
+  }
   ort.env.wasm.numThreads = state.threads; // read once, when the first session starts
 }
 
@@ -209,7 +238,7 @@ function findFaces(timestamp) {
     const side = OVAL_CROP * Math.min(width, height);
     const box = side / (1 + 2 * MARGIN);
     return [{ box: [(width - box) / 2, (height - box) / 2, (width + box) / 2, (height + box) / 2], angle: 0,
-      score: 0, matrix: cropMatrix(width / 2, height / 2, side, 0) }];
+      score: 0, matrix: cropMatrix(width / 2, height / 2, side, 0), keypoints: null }];
   }
   const mode = timestamp === undefined ? "IMAGE" : "VIDEO";
   if (mode !== detectorMode) {
@@ -227,8 +256,13 @@ function findFaces(timestamp) {
     const cx = originX + w / 2;
     const cy = originY + h / 2 + FULL_RANGE_SHIFT_Y * boxSide;
     const half = boxSide / 2;
+    const matrix = cropMatrix(cx, cy, boxSide * (1 + 2 * MARGIN), angle);
+    // The eyes and the mouth (keypoints 0, 1, 3) in crop pixels, for the regions' ellipses.
+    const [a, b, c, d, e, f] = matrix;
+    const inCrop = (p) => [a * p.x * width + b * p.y * height + c, d * p.x * width + e * p.y * height + f];
+    const keypoints = { rightEye: inCrop(right), leftEye: inCrop(left), mouth: inCrop(detection.keypoints[3]) };
     faces.push({ box: [cx - half, cy - half, cx + half, cy + half], angle, score: detection.categories[0]?.score ?? 0,
-      matrix: cropMatrix(cx, cy, boxSide * (1 + 2 * MARGIN), angle) });
+      matrix, keypoints });
   }
   faces.sort((p, q) => (q.box[2] - q.box[0]) * (q.box[3] - q.box[1]) - (p.box[2] - p.box[0]) * (p.box[3] - p.box[1]));
   return faces.slice(0, MAX_FACES);
@@ -269,7 +303,48 @@ function cropFace(matrix) {
 let modelSource = null; // runModel's input planes and output pixels, reused frame to frame
 let modelMade = null;
 
-async function runModel(crop, intensity) {
+function uniformLevel(regions) {
+  // The single intensity when every region has the same (no map needed), else null.
+  return regions.lips === regions.eyes && regions.eyes === regions.skin ? regions.lips : null;
+}
+
+function intensityMap(face, regions, size) {
+  // I(x) = w_lips x lips + w_eyes x eyes + (1 - w_lips - w_eyes) x skin over the crop, (S x S) Float32Array, or
+  // null when the regions are equal. The weights are 1 inside each ellipse and fall to 0 with a cosine ramp.
+  if (uniformLevel(regions) !== null) return null;
+  const points = face.keypoints || Object.fromEntries(Object.entries(CROP_KEYPOINTS).map(([k, [x, y]]) => [k,
+    [x * size, y * size]]));
+  const d = Math.hypot(points.leftEye[0] - points.rightEye[0], points.leftEye[1] - points.rightEye[1]);
+  const ellipses = [
+    { region: "lips", at: points.mouth, ...LIPS_ELLIPSE },
+    { region: "eyes", at: points.rightEye, ...EYE_ELLIPSE },
+    { region: "eyes", at: points.leftEye, ...EYE_ELLIPSE },
+  ];
+  const map = new Float32Array(size * size);
+  const { lips, eyes, skin } = regions;
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      let wLips = 0;
+      let wEyes = 0;
+      for (const { region, at, dy, a, b } of ellipses) {
+        const r = Math.hypot((x - at[0]) / (a * d), (y - at[1] - dy * d) / (b * d));
+        const t = Math.min(1, Math.max(0, ((r - 1) * Math.min(a, b)) / REGION_FEATHER));
+        const w = 0.5 + 0.5 * Math.cos(Math.PI * t);
+        if (region === "lips") wLips = Math.max(wLips, w);
+        else wEyes = Math.max(wEyes, w);
+      }
+      const total = wLips + wEyes;
+      if (total > 1) {
+        wLips /= total;
+        wEyes /= total;
+      }
+      map[y * size + x] = skin + wLips * (lips - skin) + wEyes * (eyes - skin);
+    }
+  }
+  return map;
+}
+
+async function runModel(crop, intensity, map = null) {
   const size = state.size;
   const n = size * size;
   if (!modelSource || modelSource.length !== 3 * n) {
@@ -284,16 +359,20 @@ async function runModel(crop, intensity) {
     source[2 * n + i] = pixels[j + 2] / 127.5 - 1;
   }
   const feeds = { source: new ort.Tensor("float32", source, [1, 3, size, size]) };
-  if (state.hasIntensity) feeds.intensity = new ort.Tensor("float32", new Float32Array([intensity]), []);
+  // Under a per-region map the model runs at 1 and the map scales its change here.
+  const level = map ? 1 : intensity;
+  if (state.hasIntensity) feeds.intensity = new ort.Tensor("float32", new Float32Array([level]), []);
   const start = performance.now();
   const output = (await session.run(feeds))[session.outputNames[0]].data;
   const inferenceMs = performance.now() - start;
   // Otherwise the graph's blend here: clamp(source + k x (output - source)); k = 0 gives the source
   // back exactly, k = 1 the output (the float32 difference is exact in float64). The clamp to [-1, 1]
   // and common.to_uint8's rounding (half to even, as torch.round) are the Uint8ClampedArray's own.
-  const k = state.hasIntensity ? 1 : intensity;
+  // A per-region map gives k pixel by pixel.
+  const k0 = state.hasIntensity ? 1 : level;
   const made = modelMade.data;
   for (let i = 0, j = 0; i < n; i++, j += 4) {
+    const k = map ? map[i] : k0;
     const r = source[i];
     const g = source[n + i];
     const b = source[2 * n + i];
@@ -415,7 +494,9 @@ async function runFrame(timestamp) {
   // The frame's own time, in parts: detection, crop, model (inferenceMs: session.run alone; modelMs with
   // the planes in and the pixels out), paste-back. frameMs is all of it, the overlay included.
   const start = performance.now();
-  const { source, intensity, model } = state; // what this frame is of, whatever changes while it runs
+  const { source, model } = state; // what this frame is of, whatever changes while it runs
+  const regions = { ...state.regions };
+  const intensity = uniformLevel(regions); // null: per region
   const still = timestamp === undefined;
   const faces = still && stillFaces ? stillFaces : findFaces(timestamp);
   if (still) stillFaces = faces;
@@ -428,7 +509,8 @@ async function runFrame(timestamp) {
     const crop = cropFace(face.matrix);
     parts.cropMs += performance.now() - mark;
     mark = performance.now();
-    const { made, inferenceMs } = await runModel(crop, intensity);
+    const map = intensityMap(face, regions, state.size);
+    const { made, inferenceMs } = await runModel(crop, intensity, map);
     parts.modelMs += performance.now() - mark;
     parts.inferenceMs += inferenceMs;
     mark = performance.now();
@@ -442,8 +524,8 @@ async function runFrame(timestamp) {
   drawOverlay(faces);
   const frameMs = performance.now() - start;
   state.runs += 1;
-  state.last = { run: state.runs, source, intensity, model, faces, detectMs, ...parts, frameMs, width: before.width,
-    height: before.height };
+  state.last = { run: state.runs, source, intensity, regions, model, faces, detectMs, ...parts, frameMs,
+    width: before.width, height: before.height };
   showTiming(state.last);
 }
 
@@ -469,8 +551,9 @@ function drawOverlay(faces) {
   }
 }
 
-function showTiming({ source, intensity, faces, inferenceMs, frameMs }) {
-  const where = state.backend === "webgpu" ? "WebGPU" : `WASM, ${state.threads} thread${state.threads > 1 ? "s" : ""}`;
+function showTiming({ source, intensity, regions, faces, inferenceMs, frameMs }) {
+  const plural = state.threads > 1 ? "s" : "";
+  const where = state.backend === "webgpu" ? "WebGPU" : `WASM, ${state.threads} thread${plural} (${state.threadsWhy})`;
   let text = `model ${inferenceMs.toFixed(1)} ms · frame ${frameMs.toFixed(1)} ms · ${where}`;
   if (source === "webcam") {
     const recent = state.webcamMs;
@@ -485,7 +568,9 @@ function showTiming({ source, intensity, faces, inferenceMs, frameMs }) {
   const listed = state.models.find((m) => m.url === state.model);
   const model = listed ? listed.name : state.model.split("/").pop();
   const shown = source.startsWith("sample:") ? "sample photo" : source.replace(/^upload:/, "");
-  setStatus(`${shown}: ${found} · ${model} · intensity ${intensity.toFixed(2)}`);
+  const levels = intensity !== null ? `intensity ${intensity.toFixed(2)}`
+    : REGIONS.map((name) => `${name} ${regions[name].toFixed(2)}`).join(" · ");
+  setStatus(`${shown}: ${found} · ${model} · ${levels}`);
 }
 
 async function rerun() {
@@ -607,11 +692,31 @@ function wireControls() {
     stopWebcam();
     fail(err);
   }));
+  const showLevel = (name, value) => {
+    $(name).value = value;
+    $(`${name}-value`).textContent = value.toFixed(2);
+  };
+  // The all-regions slider sets the three; a region's slider sets its own (the all slider then shows their mean).
   $("intensity").addEventListener("input", (event) => {
     state.intensity = Number(event.target.value);
     $("intensity-value").textContent = state.intensity.toFixed(2);
+    for (const name of REGIONS) {
+      state.regions[name] = state.intensity;
+      showLevel(name, state.intensity);
+    }
     if (state.source && state.source !== "webcam") rerun();
   });
+  for (const name of REGIONS) {
+    $(name).addEventListener("input", (event) => {
+      state.regions[name] = Number(event.target.value);
+      $(`${name}-value`).textContent = state.regions[name].toFixed(2);
+      const uniform = uniformLevel(state.regions);
+      state.intensity = uniform ?? REGIONS.reduce((sum, r) => sum + state.regions[r], 0) / REGIONS.length;
+      $("intensity").value = state.intensity;
+      $("intensity-value").textContent = uniform === null ? "mixed" : state.intensity.toFixed(2);
+      if (state.source && state.source !== "webcam") rerun();
+    });
+  }
   const setSplit = (percent) => {
     $("stage").style.setProperty("--split", `${percent}%`);
     $("split").value = percent;

@@ -140,6 +140,18 @@ def set_intensity(page, value: float) -> dict:
     return wait_for_frame(page, None, value)
 
 
+def set_regions(page, **levels: float) -> dict:
+    """Move the per-region sliders (lips=, eyes=, skin=) as a person would and wait for a frame made with them."""
+    for name, value in levels.items():
+        page.fill(f"#{name}", str(value))
+    page.wait_for_function(
+        """(levels) => tinybeauty.state.error || (tinybeauty.state.last && tinybeauty.state.last.regions
+            && Object.entries(levels).every(([name, value]) => tinybeauty.state.last.regions[name] === value))""",
+        arg=levels,
+    )
+    return check(page)["last"]
+
+
 def wait_for_frame(page, source: str | None, intensity: float | None) -> dict:
     page.wait_for_function(
         """([source, intensity]) => tinybeauty.state.error || (tinybeauty.state.last

@@ -11,7 +11,12 @@ from web/, with the ONNX copied into web/models/, but opens on no photo and one 
 - the shipped styles (weights/styles/NAME/, deploy/styles.py; --styles DIR or $TINYBEAUTY_STYLES for
   others) are served as /styles/NAME/tinybeauty_{fp32,int8}.onnx, each --model file as /models/NAME, and
   /models.json lists them (the --model files, then each style's fp32 export under its title, then
-  web/models/*.onnx), so the page's style menu offers them (the first is the default);
+  web/models/*.onnx), so the page's style menu offers them (the first is the default). The styles are listed
+  by how plainly they show on the sample photo, most first, so the page opens on the one that reads best:
+  each fp32 export runs (ONNX Runtime) on the sample's face, framed as the page frames it (data/face_align.py;
+  the whole photo when no face is found), and the figure is its mean change over the 1% of that crop's pixels
+  it changes most, in grey levels (`change` in models.json; a mean over the whole crop would put a faint blush
+  spread wide first; about 2 s at start);
 - /sample.jpg is a bundled face (data/samples/faces/AF1.jpg, or --sample PHOTO), which the page shows
   made up as soon as it has loaded;
 - each .onnx goes out without its intensity blend (deploy.onnx_export.without_intensity: the page blends in
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import onnx
 
+from deploy.crop_model import MakeupModel
 from deploy.onnx_export import without_intensity
 from deploy.styles import MODEL_FILES, list_styles, styles_root
 
@@ -136,10 +142,42 @@ def served_styles(root: Path) -> tuple[dict[str, Path], list[dict]]:
     for style in styles:
         for precision in MODEL_FILES:
             files[f"/styles/{style.name}/{style.model(precision).name}"] = style.model(precision)
-        menu.append(
-            {"name": style.title, "url": f"styles/{style.name}/{style.model('fp32').name}", "style": style.name}
-        )
+        url = f"styles/{style.name}/{style.model('fp32').name}"
+        menu.append({"name": style.title, "url": url, "style": style.name, "file": style.model("fp32")})
     return files, menu
+
+
+TOP_SHARE = 0.01  # style_change: the share of the crop's pixels it averages, those the style changes most
+
+
+def style_change(model: Path, face) -> float:
+    """How plainly a style shows on a face crop: the mean change (grey levels, the largest channel's) over the 1%
+    of the crop's pixels it changes most. A style reads by its strongest feature (lips, liner); a faint blush
+    spread over the cheeks changes more pixels a little and would win a mean over the whole crop."""
+    import numpy as np
+
+    engine = MakeupModel(model, "onnxruntime", threads=1)
+    change = np.abs(engine.makeup(face).astype(np.int16) - face).max(-1).ravel()
+    top = max(1, int(round(TOP_SHARE * change.size)))
+    return float(np.partition(change, change.size - top)[-top:].mean())
+
+
+def rank_styles(menu: list[dict], sample: Path) -> list[dict]:
+    """served_styles' entries for models.json, the most visible on `sample` first, each with its figure as
+    "change"; in their own order when the sample cannot be read."""
+    from data.face_align import FaceAligner
+    from data.io import ImageReadError, read_rgb
+
+    files = {entry["url"]: entry.pop("file") for entry in menu}
+    try:
+        photo = read_rgb(sample)
+    except (ImageReadError, OSError):
+        return menu
+    with FaceAligner(size=256) as aligner:
+        faces = aligner.detect(photo)
+    face = faces[0].crop if faces else photo
+    ranked = [{**entry, "change": round(style_change(files[entry["url"]], face), 3)} for entry in menu]
+    return sorted(ranked, key=lambda entry: -entry["change"])
 
 
 def check_web_folder() -> None:
@@ -173,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     if not sample.is_file():  # a copy of web/ outside the repository: the page opens on no photo
         print(f"warning: {sample} not found: the page opens on no photo", file=sys.stderr)
     Handler.models = {**models, **style_files, **({"/sample.jpg": sample} if sample.is_file() else {})}
+    style_menu = rank_styles(style_menu, sample)  # the page opens on the most visible
     Handler.menu = [{"name": url.removeprefix("/models/"), "url": url[1:]} for url in models] + style_menu
     if not Handler.menu and not list((WEB / "models").glob("*.onnx")):
         print(f"warning: no styles in {styles_root(args.styles)} and no --model: the page has no model to run "
