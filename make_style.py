@@ -14,7 +14,8 @@ with the stage defaults for the shipped face prior (weights/face_prior) in confi
   3. dda_amplify.py          --amplify N (default 1000) faces of --faces that were not seeds -> pairs at 256
      data.makeup_truth       (--template only) the template rendered on those crops: the pairs' makeup R^2
   4. tinybeauty_training.py  TinyBeauty on the amplified pairs (configs/style/tinybeauty.yaml)
-  5. tinybeauty_export.py    the int8 and fp32 ONNX exports, checked against PyTorch
+  5. tinybeauty_export.py    the int8 and fp32 ONNX exports (and, with scripts/setup_mobile.sh, the Android
+                             .tflite and iOS .mlpackage), checked against PyTorch
 Then OUT/ is a style folder (deploy/styles.py): tinybeauty_fp32.onnx, tinybeauty_int8.onnx, README.md (the
 model card: the command, the seed faces, the time on this machine, the data licence, the measured quality)
 and style.json, plus summary.md (what each stage did). The work lives in OUT/work/ (--work DIR elsewhere):
@@ -49,7 +50,8 @@ from tqdm import tqdm
 
 from common import REPO_ROOT, atomic_write_text, format_seconds, load_config, run_cli
 from data.io import list_images
-from deploy.styles import MODEL_FILES, file_digest, write_style
+from deploy.mobile_env import PHONE_FORMATS, mobile_python
+from deploy.styles import MODEL_FILES, PHONE_FILES, file_digest, write_style
 from errors import InputError, MakeupError
 
 FACE_PRIOR = REPO_ROOT / "weights" / "face_prior"
@@ -93,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dda-args", default="", help="key=value overrides for dda_training.py")
     parser.add_argument("--amplify-args", default="", help="key=value overrides for dda_amplify.py")
     parser.add_argument("--tinybeauty-args", default="", help="key=value overrides for tinybeauty_training.py")
+    parser.add_argument("--phone", choices=("auto", "yes", "no"), default="auto",
+                        help="add the Android .tflite and iOS .mlpackage (auto: when scripts/setup_mobile.sh has "
+                             "made their environment; default: %(default)s)")  # fmt: skip
     parser.add_argument("--quality", default=None, metavar="JSON", help="measured figures for the model card")
     args = parser.parse_args(argv)
     if args.amplify < 1 or args.num_seeds < 1:
@@ -174,12 +179,26 @@ def build_stages(args: argparse.Namespace, work: Path) -> list[Stage]:
     stages += [
         Stage("tinybeauty", "4. TinyBeauty training (tinybeauty_training.py)", tinybeauty_command,
               tb / "summary.json", tb_epochs, "epoch", epoch_progress(r"\bepoch (\d+)/\d+")),
-        Stage("export", "5. ONNX export (tinybeauty_export.py)",
+        Stage("export", "5. ONNX and phone exports (tinybeauty_export.py)",
               lambda: [py, "tinybeauty_export.py", "--checkpoint", str(tb / "tinybeauty_best_psnr.pt"),
-                       "--output", str(export)],
+                       "--output", str(export), "--format", ",".join(export_formats(args.phone))],
               export / "export_report.json", 1, "step"),
     ]  # fmt: skip
     return stages
+
+
+def export_formats(phone: str) -> list[str]:
+    """onnx, plus tflite and coreml with --phone yes, or auto when their environment exists (else a line says so)."""
+    if phone == "no":
+        return ["onnx"]
+    try:
+        mobile_python()
+    except InputError as err:
+        if phone == "yes":
+            raise
+        print(f"phone formats skipped: {err}")
+        return ["onnx"]
+    return ["onnx", *PHONE_FORMATS]
 
 
 def prepare_amplify_faces(args: argparse.Namespace, work: Path) -> int:
@@ -394,7 +413,7 @@ def write_card(args: argparse.Namespace, work: Path, out: Path, timings: Timings
 |---|---|---|
 | `tinybeauty_fp32.onnx` | {sizes["fp32"]:.1f} KB | the default of `--style` and of the web page |
 | `tinybeauty_int8.onnx` | {sizes["int8"]:.1f} KB | the phone's (`--precision int8`) |
-
+{phone_rows(work)}
 ## Command
 ```
 {command_line()}
@@ -414,6 +433,20 @@ measured on a shared machine (load average {timings.load:.1f} when its last stag
 ## Quality
 {chr(10).join(measured)}
 """
+
+
+def phone_rows(work: Path) -> str:
+    """The card's rows for the Android and iOS files, with their parity figures, when the export made them."""
+    phone = read_json(work / "export" / "export_report.json").get("phone", {})
+    rows = []
+    if "tflite" in phone:
+        lite = phone["tflite"]["int8"]
+        rows.append(f"| `{PHONE_FILES['tflite']}` | {lite['size_kb']:.1f} KB | Android, LiteRT full-integer int8 "
+                    f"({-lite['drop_db_vs_pytorch']:+.3f} dB against PyTorch on the held-out faces) |")  # fmt: skip
+    if "coreml" in phone:
+        rows.append(f"| `{PHONE_FILES['coreml']}` | {phone['coreml']['size_kb']:.1f} KB | iOS, Core ML ML program "
+                    "fp16 (spec checked on Linux; predictions need macOS) |")  # fmt: skip
+    return "".join(row + "\n" for row in rows)
 
 
 def write_summary(stages: list[Stage], ran: dict[str, bool], work: Path, out: Path, timings: Timings) -> Path:
@@ -436,7 +469,8 @@ def finish(args: argparse.Namespace, work: Path, out: Path, timings: Timings) ->
             "seconds": round(sum(timings.seconds.values()), 1)}  # fmt: skip
     card = write_card(args, work, out, timings, title)
     export = work / "export"
-    style = write_style(out, export / MODEL_FILES["fp32"], export / MODEL_FILES["int8"], card, meta)
+    phone = {kind: export / name for kind, name in PHONE_FILES.items() if (export / name).exists()}
+    style = write_style(out, export / MODEL_FILES["fp32"], export / MODEL_FILES["int8"], card, meta, phone)
     print(f"\nstyle {style.name} written to {out} (fp32 {file_digest(style.model('fp32'))[:12]})")
 
 

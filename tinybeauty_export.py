@@ -1,7 +1,14 @@
-"""Export a trained TinyBeauty to ONNX (fp32 and int8) and check both against PyTorch on real faces.
+"""Export a trained TinyBeauty to ONNX (fp32 and int8), LiteRT and Core ML, and check each against PyTorch.
 
     python tinybeauty_export.py --checkpoint tinybeauty_model/tinybeauty_best_psnr.pt --output export/
+    python tinybeauty_export.py --checkpoint CKPT --output DIR --format onnx,tflite,coreml   # phones too
     python tinybeauty_export.py --checkpoint CKPT --output DIR --data ../shared/data/pairs_style1 --quant dynamic
+
+`--format` picks the files (default onnx): `tflite` writes DIR/tinybeauty_fp32.tflite and a full-integer
+DIR/tinybeauty_int8.tflite for Android, `coreml` DIR/tinybeauty.mlpackage (fp16 ML program) for iOS. Their
+converters run in their own environment (`bash scripts/setup_mobile.sh` makes .venv-mobile once; or set
+$TINYBEAUTY_MOBILE_PYTHON), through deploy/mobile_export.py, which documents their inputs and outputs; their
+parity, sizes and checks land in DIR/mobile_report.json and under "phone" in the report below.
 
 Writes DIR/tinybeauty_fp32.onnx and DIR/tinybeauty_int8.onnx: input `source`, output `makeup`, both
 NCHW float32 in [-1, 1] at the training size (dynamic batch), and an optional float32 scalar input
@@ -12,7 +19,7 @@ name, ONNX's optional input with a default: ONNX Runtime lists it under
 get_overridable_initializers(), not get_inputs(), and logs a warning that it will not constant-fold
 it (expected). int8 is onnxruntime's static quantization in QOperator format (QLinearConv),
 per-channel weights, calibrated on real training faces; the element-wise tail (`input + residual`,
-Clip, the intensity blend) stays float and reads the float `source` (with `--format qdq` too, where
+Clip, the intensity blend) stays float and reads the float `source` (with `--onnx-int8 qdq` too, where
 the quantizer used to hand it a quantised copy of the face). Measured on the pairs_style1 model (30
 held-out faces, 2 CPU cores), `model.stem: space_to_depth` (the default), before the intensity
 input: qoperator 88.8 KB, -0.03 dB vs PyTorch (its stride-2 transposed-conv head stays float); with
@@ -40,13 +47,26 @@ from common import atomic_write_text, from_uint8, load_checkpoint, log, psnr, ru
 from data.io import read_rgb, resize_rgb
 from data.paired import DatasetError, scan_pairs
 from deploy.makeup import blend
+from deploy.mobile_env import PHONE_FORMATS, export_phone, mobile_python
 from deploy.onnx_export import DEFAULT_INTENSITY, INTENSITY, export_onnx, ort_run, ort_session, quantize_int8
 from errors import InputError
 from models.tinybeauty import load_tinybeauty
 
+FORMATS = ("onnx", *PHONE_FORMATS)
 INT8_LIMIT_KB = 100.0  # the seed's target for the phone model
 MAX_INT8_DROP_DB = 0.3
 MAX_FP32_ABS_ERROR = 1e-3
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'onnx,tflite' -> ("onnx", "tflite"); an unknown name lists the valid ones."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown or not names:
+        hint = " (the int8 ONNX's layout is --onnx-int8 now)" if set(unknown) & {"qoperator", "qdq"} else ""
+        raise InputError(f"unknown --format {', '.join(unknown) or repr(text)}; valid: {', '.join(FORMATS)}, "
+                         f"comma-separated{hint}")  # fmt: skip
+    return names
 
 
 def load_faces(names: list[str], by_name: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,15 +108,32 @@ def compare(reference: np.ndarray, other: np.ndarray, target: np.ndarray) -> dic
 
 
 def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib: int = 64, n_eval: int = 30,
-           quant: str = "static", fmt: str = "qoperator") -> dict:  # fmt: skip
+           quant: str = "static", fmt: str = "qoperator", formats: tuple[str, ...] = ("onnx",)) -> dict:  # fmt: skip
     state = load_checkpoint(checkpoint)
     model = load_tinybeauty(state, "cpu")
     cfg = state["config"]
     size = int(cfg["data"]["size"])
+    phone = [f for f in formats if f in PHONE_FORMATS]
+    python = mobile_python() if phone else None  # before any work: a missing environment is said at once
     calib, sources, targets = real_faces(
         checkpoint, data_root or cfg["data"]["root"], size, n_calib, n_eval, int(cfg["seed"])
     )
+    report = {"stage": "tinybeauty_export", "checkpoint": str(checkpoint), "image_size": size, "formats": list(formats),
+              "faces_calibration": len(calib), "faces_checked": len(sources), "checks": {}}  # fmt: skip
+    if "onnx" in formats:
+        report.update(onnx_report(model, output, calib, sources, targets, quant, fmt))
+    if phone:
+        log.info("phone formats %s: converting in %s (deploy/mobile_export.py)", ",".join(phone), python)
+        report["phone"] = export_phone(python, checkpoint, output, phone, calib, sources, targets)
+        report["checks"].update(report["phone"]["checks"])
+    atomic_write_text(output / "export_report.json", json.dumps(report, indent=1))
+    log_report(report)
+    return report
 
+
+def onnx_report(model: torch.nn.Module, output: Path, calib: np.ndarray, sources: np.ndarray, targets: np.ndarray,
+                quant: str, fmt: str) -> dict:  # fmt: skip
+    size = sources.shape[-1]
     fp32_path = export_onnx(model, output / "tinybeauty_fp32.onnx", size)
     int8_path = quantize_int8(fp32_path, output / "tinybeauty_int8.onnx", calib, quant, fmt)
     with torch.no_grad():
@@ -106,13 +143,8 @@ def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib
     torch_vs_target = float(psnr(torch.from_numpy(torch_out), torch.from_numpy(targets)).mean())
     identity = float(psnr(torch.from_numpy(sources), torch.from_numpy(targets)).mean())
     report = {
-        "stage": "tinybeauty_export",
-        "checkpoint": str(checkpoint),
-        "image_size": size,
         "quantization": quant,
         "int8_format": fmt if quant == "static" else "dynamic",
-        "faces_calibration": len(calib),
-        "faces_checked": len(sources),
         "identity_psnr": identity,
         "pytorch_psnr_vs_target": torch_vs_target,
         "fp32": {"path": str(fp32_path), "size_kb": fp32_path.stat().st_size / 1024,
@@ -131,8 +163,6 @@ def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib
         "intensity_1_is_default": all(intensity[k]["max_abs_error_at_1_vs_default"] == 0 for k in sessions),
         "fp32_intensity_matches_pytorch": intensity["fp32"]["max_abs_error_at_0.5_vs_pytorch"] <= MAX_FP32_ABS_ERROR,
     }
-    atomic_write_text(output / "export_report.json", json.dumps(report, indent=1))
-    log_report(report)
     return report
 
 
@@ -155,6 +185,29 @@ def intensity_check(model: torch.nn.Module, sources: np.ndarray, sessions: dict)
 
 
 def log_report(report: dict) -> None:
+    if "fp32" in report:
+        log_onnx(report)
+    if "phone" in report:
+        log_phone(report["phone"])
+    for name, ok in report["checks"].items():
+        (log.info if ok else log.warning)("check %s: %s", name, "ok" if ok else "FAILED")
+
+
+def log_phone(phone: dict) -> None:
+    for precision in ("fp32", "int8"):
+        if "tflite" in phone:
+            r = phone["tflite"][precision]
+            log.info("tflite %s: %s  %.1f KB  PSNR vs PyTorch %.2f dB  vs target %.2f dB (%+.3f dB)  intensity 0: "
+                     "%d pixel level(s) off the source at most", precision, r["path"], r["size_kb"],
+                     r["psnr_vs_pytorch"], r["psnr_vs_target"], -r["drop_db_vs_pytorch"],
+                     r["uint8_levels_at_0_vs_source"]["max"])  # fmt: skip
+    if "coreml" in phone:
+        r = phone["coreml"]
+        log.info("coreml: %s  %.1f KB  ops %s  not on the Neural Engine: %s  (%s)", r["path"], r["size_kb"],
+                 ", ".join(sorted(r["ops"])), ", ".join(r["ops_not_on_neural_engine"]) or "none", r["prediction"])  # fmt: skip
+
+
+def log_onnx(report: dict) -> None:
     log.info("PyTorch vs target: %.2f dB (identity %.2f dB) on %d held-out faces",
              report["pytorch_psnr_vs_target"], report["identity_psnr"], report["faces_checked"])  # fmt: skip
     for kind in ("fp32", "int8"):
@@ -167,8 +220,6 @@ def log_report(report: dict) -> None:
         log.info("%s input '%s': max |err| at 0 vs source %.2e, at 1 vs source alone %.2e, at 0.5 vs PyTorch %.2e",
                  kind, report["intensity"]["input"], r["max_abs_error_at_0_vs_source"],
                  r["max_abs_error_at_1_vs_default"], r["max_abs_error_at_0.5_vs_pytorch"])  # fmt: skip
-    for name, ok in report["checks"].items():
-        (log.info if ok else log.warning)("check %s: %s", name, "ok" if ok else "FAILED")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,14 +233,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--faces", type=int, default=30, help="held-out faces for the check (default: %(default)s)")
     parser.add_argument("--quant", choices=("static", "dynamic"), default="static", help="int8 mode (default: static)")
     parser.add_argument(
-        "--format", choices=("qoperator", "qdq"), default="qoperator", help="static int8 format (default: %(default)s)"
+        "--format", default="onnx", help=f"files to write, comma-separated: {', '.join(FORMATS)} (default: %(default)s)"
     )
+    parser.add_argument("--onnx-int8", choices=("qoperator", "qdq"), default="qoperator",
+                        help="the int8 ONNX's layout (default: %(default)s)")  # fmt: skip
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
     args = parser.parse_args(argv)
     setup_logging()
-    report = export(
-        Path(args.checkpoint), Path(args.output), args.data, args.calib, args.faces, args.quant, args.format
-    )
+    formats = parse_formats(args.format)
+    report = export(Path(args.checkpoint), Path(args.output), args.data, args.calib, args.faces, args.quant,
+                    args.onnx_int8, formats)  # fmt: skip
     if args.strict and not all(report["checks"].values()):
         raise SystemExit(1)
     return report

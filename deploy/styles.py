@@ -4,9 +4,13 @@ A style folder holds what `make_style.py` writes:
 
     tinybeauty_fp32.onnx   the model (what --style runs by default, see DEFAULT_PRECISION)
     tinybeauty_int8.onnx   the phone-sized model (under 100 KB)
+    tinybeauty_int8.tflite Android: full-integer int8 LiteRT (optional: with the phone environment, see below)
+    tinybeauty.mlpackage   iOS: Core ML ML program, fp16 (optional, as the .tflite)
     README.md              the model card: the command that made it, the seed faces, the time, the licence, quality
     style.json             {"title": "Smoky eye", "description": "...", ...}: what menus show
 
+The phone files come from `tinybeauty_export.py --format onnx,tflite,coreml` (deploy/mobile_export.py documents
+their inputs and outputs); make_style.py adds them when scripts/setup_mobile.sh has made the phone environment.
 `tinybeauty_inference.py --style NAME`, `tinybeauty_video.py --style NAME`, the web page (web/serve.py) and
 scripts/gallery.py find them here. The styles root is `weights/styles/` in the repository, or
 $TINYBEAUTY_STYLES, or the `root` argument of each function. `--style` also takes the path of a style
@@ -28,6 +32,7 @@ from errors import InputError
 STYLES_ENV = "TINYBEAUTY_STYLES"
 DEFAULT_ROOT = REPO_ROOT / "weights" / "styles"
 MODEL_FILES = {"fp32": "tinybeauty_fp32.onnx", "int8": "tinybeauty_int8.onnx"}
+PHONE_FILES = {"tflite": "tinybeauty_int8.tflite", "coreml": "tinybeauty.mlpackage"}  # optional, for apps
 CARD, META = "README.md", "style.json"
 REQUIRED = (MODEL_FILES["fp32"], MODEL_FILES["int8"], CARD, META)
 # fp32 by default: on a desktop CPU it is as fast as int8 (ONNX Runtime: bench/results/video_bench.json), in
@@ -52,6 +57,10 @@ class Style:
         if precision not in MODEL_FILES:
             raise StyleError(f"precision must be one of {', '.join(MODEL_FILES)}, not '{precision}'")
         return self.folder / MODEL_FILES[precision]
+
+    def phone_files(self) -> dict[str, Path]:
+        """{"tflite": path, "coreml": path} of the phone files this style has (none for a style made without them)."""
+        return {kind: self.folder / name for kind, name in PHONE_FILES.items() if (self.folder / name).exists()}
 
     def digests(self) -> dict[str, str]:
         """sha256 of the models and style.json: what a picture made from this style depends on."""
@@ -139,6 +148,8 @@ def describe_styles(root: str | os.PathLike | None = None) -> str:
     lines = [f"styles in {where} (--style NAME):"]
     for style in styles:
         sizes = ", ".join(f"{p} {style.model(p).stat().st_size / 1024:.0f} KB" for p in MODEL_FILES)
+        phone = style.phone_files()
+        sizes += f"; phones: {', '.join(phone)}" if phone else ""
         about = f": {style.description}" if style.description else ""
         lines.append(f"  {style.name:<{width}}  {style.title}{about} ({sizes})")
     for name, reason in broken.items():
@@ -146,12 +157,24 @@ def describe_styles(root: str | os.PathLike | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_style(folder: str | os.PathLike, fp32: Path, int8: Path, card: str, meta: dict) -> Style:
-    """Make `folder` a style folder: the two exports copied in, the model card and style.json written (each
-    file atomically; style.json last). Returns the style as load_style reads it back."""
+def write_style(folder: str | os.PathLike, fp32: Path, int8: Path, card: str, meta: dict,
+                phone: dict[str, Path] | None = None) -> Style:  # fmt: skip
+    """Make `folder` a style folder: the two exports (and the phone files in `phone`, {"tflite": path,
+    "coreml": path}) copied in, the model card and style.json written (each file atomically; a .mlpackage
+    folder whole, then renamed; style.json last). Returns the style as load_style reads it back."""
     folder = Path(folder)
     for precision, source in (("fp32", fp32), ("int8", int8)):
         atomic_write(folder / MODEL_FILES[precision], lambda tmp, source=source: shutil.copyfile(source, tmp))
+    for kind, source in (phone or {}).items():
+        target = folder / PHONE_FILES[kind]
+        if Path(source).is_dir():
+            staged = folder / f".{target.name}.tmp"
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(source, staged)
+            shutil.rmtree(target, ignore_errors=True)
+            staged.rename(target)
+        else:
+            atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     atomic_write_text(folder / CARD, card)
     atomic_write_text(folder / META, json.dumps(meta, indent=1) + "\n")
     return load_style(folder)

@@ -105,6 +105,11 @@ def test_the_style_folder_is_complete_and_runs(made, tmp_path):
     assert f"makeup R^2 {r2['r2']} over the face (lips {r2['r2_lips']}" in card
     assert f"int8 against PyTorch: {export['int8']['drop_db_vs_pytorch']:+.3f} dB" in card
     assert (out / "summary.md").is_file() and "4. TinyBeauty training" in (out / "summary.md").read_text()
+    if "phone" in export:  # --phone auto, with the phone environment (scripts/test.sh makes it): the app files too
+        assert set(style.phone_files()) == {"tflite", "coreml"}
+        assert f"{-export['phone']['tflite']['int8']['drop_db_vs_pytorch']:+.3f} dB against PyTorch" in card
+    elif os.environ.get("CI"):
+        raise AssertionError("make_style made no phone files in CI, where scripts/test.sh makes their environment")
     summary = main(["--style", str(out), "--input", str(SAMPLE_FACES / "AF1.jpg"), "--output", str(tmp_path)])
     assert summary["written"] == 1 and summary["model_size"] == 64
 
