@@ -11,14 +11,18 @@ Nothing here runs on import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import logging
 import math
 import os
 import pickle
 import random
+import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -323,6 +327,65 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         file_handler.setFormatter(fmt)
         log.addHandler(file_handler)
     return log
+
+
+# MediaPipe's C++ graphs log through absl (`W0000 ... inference_feedback_manager.cc:114] ...`, `I0000 ...`) and TF
+# Lite prints `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`, straight to file descriptor 2: Python's
+# logging never sees them, and in mediapipe 0.10.21 neither GLOG_minloglevel nor TF_CPP_MIN_LOG_LEVEL stops them
+# (tried). They come while a graph starts and runs its first image, so `QuietNativeStart` catches fd 2 there only.
+NATIVE_NOISE = re.compile(
+    rb"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl/glog INFO and WARNING lines (E and F pass)
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+)
+_native_stderr_lock = threading.RLock()  # one redirection of fd 2 at a time: two threads would restore each other's
+
+
+@contextlib.contextmanager
+def native_noise_filtered():
+    """Inside: whatever reaches file descriptor 2 (native libraries, Python's sys.stderr) is held in a temporary
+    file; on the way out the known native INFO/WARNING lines (`NATIVE_NOISE`) go to the `makeup` log at debug
+    level and everything else (errors, tracebacks, progress bars) is written to the real stderr, unchanged."""
+    with _native_stderr_lock, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            passed = []
+            for line in io.BytesIO(held.read()):  # split on newlines only: a progress bar's \r stays as it was
+                if NATIVE_NOISE.match(line):
+                    log.debug("native: %s", line.decode(errors="replace").rstrip())
+                else:
+                    passed.append(line)
+            if passed:
+                os.write(2, b"".join(passed))
+
+
+class QuietNativeStart:
+    """A MediaPipe solution (`factory()`: FaceMesh, FaceDetection) made, and its first `process()` run, inside
+    `native_noise_filtered`: where its graph logs its start-up lines. Later calls run it directly."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        with native_noise_filtered():
+            self._solution = factory()
+        self._started = False
+
+    def process(self, image: np.ndarray):
+        if self._started:
+            return self._solution.process(image)
+        with native_noise_filtered():
+            result = self._solution.process(image)
+        self._started = True
+        return result
+
+    def close(self) -> None:
+        self._solution.close()
 
 
 def prepare_run_dir(cfg: DictConfig, log_name: str = "train.log") -> Path:

@@ -47,8 +47,12 @@ class FaceAligner:
         if model_selection not in self._detectors:
             import mediapipe as mp  # imported here: slow, and only needed when detecting
 
-            self._detectors[model_selection] = mp.solutions.face_detection.FaceDetection(
-                model_selection=model_selection, min_detection_confidence=self.min_confidence
+            from common import QuietNativeStart
+
+            self._detectors[model_selection] = QuietNativeStart(  # its start-up log lines: common.py
+                lambda: mp.solutions.face_detection.FaceDetection(
+                    model_selection=model_selection, min_detection_confidence=self.min_confidence
+                )
             )
         return self._detectors[model_selection]
 

@@ -468,11 +468,15 @@ class FaceParser:
         if self._mesh is None:
             import mediapipe as mp  # imported here: slow, and only needed when parsing
 
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True,
-                max_num_faces=self.max_num_faces,
-                refine_landmarks=True,
-                min_detection_confidence=self.min_detection_confidence,
+            from common import QuietNativeStart
+
+            self._mesh = QuietNativeStart(  # its start-up log lines: common.py
+                lambda: mp.solutions.face_mesh.FaceMesh(
+                    static_image_mode=True,
+                    max_num_faces=self.max_num_faces,
+                    refine_landmarks=True,
+                    min_detection_confidence=self.min_detection_confidence,
+                )
             )
         return self._mesh
 

@@ -223,12 +223,16 @@ class FaceTracker:
     def _new_mesh(self):
         import mediapipe as mp  # imported here: slow
 
-        return mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False,
-            max_num_faces=1,
-            refine_landmarks=False,
-            min_detection_confidence=self.cfg.face.min_confidence,
-            min_tracking_confidence=self.cfg.tracking.min_tracking_confidence,
+        from common import QuietNativeStart
+
+        return QuietNativeStart(  # its start-up log lines: common.py
+            lambda: mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=False,
+                max_num_faces=1,
+                refine_landmarks=False,
+                min_detection_confidence=self.cfg.face.min_confidence,
+                min_tracking_confidence=self.cfg.tracking.min_tracking_confidence,
+            )
         )
 
     def _drop(self, track: Track) -> None:

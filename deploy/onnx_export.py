@@ -9,6 +9,8 @@ command that writes and checks both files; the benches, the video runtime and we
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -19,7 +21,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from common import atomic_write
+from common import atomic_write, log
 from deploy.makeup import blend
 
 INTENSITY, DEFAULT_INTENSITY = "intensity", 1.0  # the ONNX's optional scalar input and its default
@@ -107,15 +109,25 @@ def quantize_int8(
     `fmt`: qoperator (QLinearConv nodes; pooling, upsampling and concat stay float) or qdq
     (QuantizeLinear/DequantizeLinear pairs around every op, which ORT fuses into int8 kernels).
     """
+    import onnxruntime as ort  # heavy: loaded only to quantise
+
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # the quantizer warns about optional pre-processing on the root logger
+    # Its calibration sessions are its own (no options of ours): errors only, for the `intensity` warning
+    # (ort_session); and it print()s its progress ("Number of histogram bins", "Percentile"): to the debug log.
+    ort.set_default_logger_severity(3)
+    printed = io.StringIO()
     try:
-        return atomic_write(
-            int8_path, lambda tmp: compact_names(_quantize(fp32_path, Path(tmp), calibration, mode, fmt))
-        )
+        with contextlib.redirect_stdout(printed):
+            return atomic_write(
+                int8_path, lambda tmp: compact_names(_quantize(fp32_path, Path(tmp), calibration, mode, fmt))
+            )
     finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
         root_logger.setLevel(level)
+        for line in printed.getvalue().splitlines():
+            log.debug("onnxruntime.quantization: %s", line)
 
 
 def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str, fmt: str) -> Path:
@@ -265,6 +277,9 @@ def ort_session(path: Path, threads: int | None = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1  # a chain of convs: no parallel branches to run
+    # Errors only (3): its warning that the `intensity` initializer is also a graph input is the design (export_onnx:
+    # a default of 1 the caller may override), not news; a real failure still raises.
+    options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

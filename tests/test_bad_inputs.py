@@ -179,14 +179,35 @@ def style_root(tmp_path_factory) -> Path:
     return root
 
 
+# Where each photo's face is, (rows, columns) sampled every `step` pixels: the whole image for the face itself in
+# another encoding, the pasted face of huge.jpg (big_photo) one pixel in 8. one_pixel.png has none.
+FACE_BOXES = {"huge.jpg": (slice(1500, 7500, 8), slice(3000, 9000, 8))}
+MIN_FACE_CHANGE = 1.0  # grey levels, mean over the face: measured 2.05-2.09 (checkpoint), 8.65-8.77 (stand-in style)
+
+
+def face_change(source: Path, written: Path) -> float:
+    """Mean |written - source| over the source's face (FACE_BOXES), both read upright as 8-bit RGB."""
+    from data.io import read_rgb
+
+    box = FACE_BOXES.get(source.name, (slice(None), slice(None)))
+    before = read_rgb(source)[box].astype(int)
+    return float(np.abs(read_rgb(written)[box].astype(int) - before).mean())
+
+
 def check_outcomes(folder: Path, out: Path, expected: dict[str, str], summary: dict, log_text: str, full: bool):
-    """Every 'made' file written at its own (upright) size; every 'skipped' one named on one log line."""
+    """Every 'made' file written at its own (upright) size, made up where it has a face; with --full-photo the
+    photo without a face written unchanged; every 'skipped' one named on one log line."""
     for name, outcome in expected.items():
         written = out / f"{Path(name).stem}.png"
         if outcome == "made":
             assert written.is_file(), f"{name}: not written ({summary})"
             with Image.open(folder / name) as source, Image.open(written) as result:
                 assert result.size == source.size and result.mode == "RGB", name
+            if name != "one_pixel.png":
+                change = face_change(folder / name, written)
+                assert change > MIN_FACE_CHANGE, f"{name}: the face changed by {change:.2f} grey levels on average"
+            elif full:  # no face to make up: the photo as it came
+                assert np.array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(folder / name))), name
         else:
             assert not written.exists() and str(folder / name) in summary["skipped"], name
             lines = [line for line in log_text.splitlines() if name in line]

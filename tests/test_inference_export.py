@@ -239,7 +239,7 @@ def test_onnx_intensity_is_an_optional_input(trained, tmp_path, int8_format):
     checkpoint = tmp_path / "shifted.pt"
     torch.save(state, checkpoint)
     report = main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "onnx"), "--calib", "8", "--strict",
-                   "--format", int8_format])  # fmt: skip
+                   "--onnx-int8", int8_format])  # fmt: skip
     assert all(report["checks"].values()), report["checks"]
     assert report["int8"]["size_kb"] < 100 and report["intensity"]["default"] == 1.0
 

@@ -199,6 +199,50 @@ def test_region_gains_recover_two_from_a_change_half_the_target():
     assert fit_region_gains(torch.zeros(2, 3, RES, RES), target_change, mask)["lips"] is None
 
 
+class HalfTheChange:
+    """A fold's DDA stand-in: it makes up each of its dataset's faces with exactly half the target's change, that
+    change's colour turned by `turn` (3x3, RGB as row vectors; None: not turned); FGMM's colour matrices on top."""
+
+    def __init__(self, dataset, turn: torch.Tensor | None = None):
+        from models.fgmm import FGMM
+
+        self.targets = {float(dataset[i]["source"].sum()): dataset[i]["target"] for i in range(len(dataset))}
+        self.turn, self.fgmm = turn, FGMM()
+
+    def makeup_signal(self, source, mask, generator=None):
+        change = 0.5 * (self.targets[float(source[0].sum())][None] - source)
+        if self.turn is not None:
+            change = torch.einsum("bchw,cd->bdhw", change, self.turn)
+        return source + self.fgmm.recolour(change, mask)
+
+    def img2img(self, source, mask, generator=None):
+        return self.makeup_signal(source, mask, generator)
+
+
+def stand_in_folds(monkeypatch, turn: torch.Tensor | None = None) -> list[int]:
+    """dda_training.train_fold replaced by HalfTheChange on the fold's pairs; returns the held-out indices, as run."""
+    import dda_training
+    from data.paired import PairedDataset
+
+    trained = []
+
+    def stand_in_fold(cfg, pairs, held_out, fold_dir):
+        trained.append(held_out)
+        return HalfTheChange(PairedDataset(pairs, size=RES, hflip=False, cache=True), turn)
+
+    monkeypatch.setattr(dda_training, "train_fold", stand_in_fold)
+    return trained
+
+
+def mean_fold_gains(calibration: dict) -> dict[str, float]:
+    """Per region, the folds' gains averaged as calibrate() should (regions without a gain: 1, the weight kept)."""
+    means = {}
+    for region in calibration["learned_fgmm"]:
+        values = [fold["gains"][region] for fold in calibration["folds"] if fold["gains"][region] is not None]
+        means[region] = float(np.mean(values)) if values else 1.0
+    return means
+
+
 @pytest.mark.slow
 def test_calibration_on_a_stand_in_that_makes_half_the_change_in_another_colour(tiny_sd, tmp_path, monkeypatch):
     """calibrate=2 on the real stage script, with every fold's DDA replaced by a stand-in whose change is exactly
@@ -207,34 +251,12 @@ def test_calibration_on_a_stand_in_that_makes_half_the_change_in_another_colour(
     FGMM weights become the learned ones x the mean gains; the folds ran."""
     import dda_training
     from models.dda_io import load_dda
-    from models.fgmm import FGMM
 
     angle = np.radians(25.0)
     axis = torch.ones(3) / np.sqrt(3.0)
     cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
     turn = np.cos(angle) * torch.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * torch.outer(axis, axis)
-
-    class HalfTheChangeTurned:
-        def __init__(self, dataset):
-            self.targets = {float(dataset[i]["source"].sum()): dataset[i]["target"] for i in range(len(dataset))}
-            self.fgmm = FGMM()
-
-        def makeup_signal(self, source, mask, generator=None):
-            change = 0.5 * (self.targets[float(source[0].sum())][None] - source)
-            return source + self.fgmm.recolour(torch.einsum("bchw,cd->bdhw", change, turn), mask)
-
-        def img2img(self, source, mask, generator=None):
-            return self.makeup_signal(source, mask, generator)
-
-    trained = []
-
-    def stand_in_fold(cfg, pairs, held_out, fold_dir):
-        trained.append(held_out)
-        from data.paired import PairedDataset
-
-        return HalfTheChangeTurned(PairedDataset(pairs, size=RES, hflip=False, cache=True))
-
-    monkeypatch.setattr(dda_training, "train_fold", stand_in_fold)
+    trained = stand_in_folds(monkeypatch, turn)
     # pairs whose eyes and lips change in every colour direction (pairs5's change only along one or two)
     root = write_synthetic_pairs(tmp_path / "pairs", n=5, size=RES)
     rng = np.random.default_rng(0)
@@ -254,9 +276,15 @@ def test_calibration_on_a_stand_in_that_makes_half_the_change_in_another_colour(
             turned_back = fold["gains"][region] * torch.tensor(fold["colour"][region])
             assert torch.allclose(turned_back, 2 * turn.T, atol=2e-3), region
         assert "cheeks" not in fold["colour"]
+    # The stored weights follow the folds' own gains: about 2 (2 cos 25deg to 2, as much of the change lies along
+    # the grey axis), not the learned ones left as they were.
+    means = mean_fold_gains(calibration)
+    assert calibration["mean_gains"] == pytest.approx(means)
     for region in ("eyes", "lips"):
-        expected = calibration["learned_fgmm"][region] * calibration["mean_gains"][region]
+        assert 2 * np.cos(angle) - 0.01 < means[region] < 2.01, (region, means[region])
+        expected = calibration["learned_fgmm"][region] * means[region]
         assert calibration["calibrated_fgmm"][region] == pytest.approx(min(expected, 4.0), rel=1e-5)
+        assert calibration["calibrated_fgmm"][region] > 1.5 * calibration["learned_fgmm"][region], region
     loaded = load_dda(out / "dda_final.pt")
     assert loaded.fgmm.weights() == pytest.approx(calibration["calibrated_fgmm"])
     assert summary["fgmm_weights"] == pytest.approx(calibration["calibrated_fgmm"])
@@ -264,14 +292,36 @@ def test_calibration_on_a_stand_in_that_makes_half_the_change_in_another_colour(
 
 
 def test_calibration_without_colour_and_a_bad_colour_region(tiny_sd, pairs5, tmp_path, monkeypatch):
+    """fgmm.colour=[] with calibrate=2, the folds' DDAs stand-ins that make exactly half the target's change: no
+    colour matrix anywhere, each fold's gain 2 on the eyes and lips (which pairs5 changes), none on the unchanged
+    skin; the calibrated weights are the learned ones x 2 there and the learned ones on the skin and cheeks."""
     import dda_training
+    from models.dda_io import load_dda
 
     with pytest.raises(ConfigError, match=r"'fgmm.colour'.*nose"):
         dda_training.main(cli_config(tiny_sd, pairs5, tmp_path / "o", "train.epochs=1", "fgmm.colour=[lips,nose]"))
+    trained = stand_in_folds(monkeypatch)
+    out = tmp_path / "off"
     summary = dda_training.main(
-        cli_config(tiny_sd, pairs5, tmp_path / "off", "train.epochs=1", "data.num_pairs=1", "fgmm.colour=[]")
+        cli_config(tiny_sd, pairs5, out, "train.epochs=1", "data.num_pairs=3", "fgmm.colour=[]", "calibrate=2",
+                   "data.hflip=false")
+    )  # fmt: skip
+    assert trained == [0, 1] and summary["fgmm_colour"] is None
+    calibration = summary["calibration"]
+    learned, calibrated = calibration["learned_fgmm"], calibration["calibrated_fgmm"]
+    for fold in calibration["folds"]:
+        assert fold["colour"] == {}
+        assert fold["gains"]["eyes"] == pytest.approx(2.0, rel=1e-4)
+        assert fold["gains"]["lips"] == pytest.approx(2.0, rel=1e-4)
+        assert fold["gains"]["skin"] is None and fold["gains"]["cheeks"] is None
+    assert calibration["mean_gains"] == pytest.approx(mean_fold_gains(calibration))
+    for region in ("eyes", "lips"):
+        assert calibrated[region] == pytest.approx(min(2 * learned[region], 4.0), rel=1e-4), region
+    assert calibrated["skin"] == pytest.approx(learned["skin"]) and calibrated["cheeks"] == pytest.approx(
+        learned["cheeks"]
     )
-    assert summary["fgmm_colour"] is None
+    assert load_dda(out / "dda_final.pt").fgmm.weights() == pytest.approx(calibrated)
+    assert summary["fgmm_weights"] == pytest.approx(calibrated)
 
 
 def test_calibrate_needs_more_pairs_than_folds(tiny_sd, tmp_path):
