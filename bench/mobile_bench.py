@@ -24,6 +24,17 @@ from statistics import median
 import numpy as np
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def time_runs(run, runs: int) -> float:
     for _ in range(5):
         run()
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "size_kb": round(path.stat().st_size / 1024, 1)})  # fmt: skip
             print(f"{path.name:28s} {runtime:12s} {threads} thread(s): {ms:7.2f} ms")
     report = {"bench": "mobile_bench", "models": str(args.models), "runs": args.runs, "results": results,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores_used": len(os.sched_getaffinity(0)),
+              "machine": {"cpu": cpu_name(), "cores_used": len(os.sched_getaffinity(0)),
                           "load_average": os.getloadavg()}}  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
