@@ -4,17 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-PYTHON=${PYTHON:-python3}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-fi
-# torch before the rest: otherwise pip resolves `torch` itself and may pull a multi-GB CUDA build.
-# TORCH_SPEC may hold pip options too (e.g. "torch --index-url URL"): split it into words on purpose.
-# shellcheck disable=SC2086
-"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q $TORCH_SPEC
-"$VENV/bin/python" -m pip install -q -r requirements.txt
+source scripts/venv_with_torch.sh
+venv_with_torch "$VENV" requirements.txt
 # This checkout itself, editable (no dependencies: they came above), so bench/, web/ and tests/ import the
 # project's modules without sys.path edits.
 # pyproject.toml lists the modules it maps: install again when it changed.

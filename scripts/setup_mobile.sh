@@ -5,15 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MOBILE_VENV:-.venv-mobile}
-PYTHON=${PYTHON:-python3}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-fi
-# torch before the rest, as in setup_env.sh: otherwise pip may pull a multi-GB CUDA build.
-# shellcheck disable=SC2086
-"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q $TORCH_SPEC
-"$VENV/bin/python" -m pip install -q -r requirements-mobile.txt
+source scripts/venv_with_torch.sh
+venv_with_torch "$VENV" requirements-mobile.txt
 "$VENV/bin/python" -m pip check
 echo "phone converters ready: $VENV (tinybeauty_export.py --format onnx,tflite,coreml finds it)"
