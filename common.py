@@ -20,6 +20,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -250,6 +251,20 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write_dir(path: str | os.PathLike, write_fn) -> Path:
+    """`atomic_write` for a folder (an .mlpackage): `write_fn(tmp_path)` makes it beside `path` under a hidden
+    name, then it replaces `path` (a folder cannot be renamed over another, so the old one goes first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        write_fn(staged)
+        if path.exists():
+            shutil.rmtree(path)
+        staged.rename(path)
     return path
 
 

@@ -46,7 +46,7 @@ import torch
 from common import atomic_write_text, from_uint8, load_checkpoint, log, psnr, run_cli, setup_logging
 from data.io import read_rgb, resize_rgb
 from data.paired import DatasetError, scan_pairs
-from deploy.makeup import blend
+from deploy.makeup import blend, parity
 from deploy.mobile_env import PHONE_FORMATS, export_phone, mobile_python
 from deploy.onnx_export import DEFAULT_INTENSITY, INTENSITY, export_onnx, ort_run, ort_session, quantize_int8
 from errors import InputError
@@ -98,15 +98,6 @@ def real_faces(checkpoint: Path, data_root: str, size: int, n_calib: int, n_eval
     return calib, eval_source, eval_target
 
 
-def compare(reference: np.ndarray, other: np.ndarray, target: np.ndarray) -> dict:
-    ref, oth, tgt = (torch.from_numpy(a) for a in (reference, other, target))
-    return {
-        "max_abs_error": float((ref - oth).abs().max()),
-        "psnr_vs_pytorch": float(psnr(oth, ref).clamp_max(100).mean()),
-        "psnr_vs_target": float(psnr(oth, tgt).mean()),
-    }
-
-
 def export(checkpoint: Path, output: Path, data_root: str | None = None, n_calib: int = 64, n_eval: int = 30,
            quant: str = "static", fmt: str = "qoperator", formats: tuple[str, ...] = ("onnx",)) -> dict:  # fmt: skip
     state = load_checkpoint(checkpoint)
@@ -148,9 +139,9 @@ def onnx_report(model: torch.nn.Module, output: Path, calib: np.ndarray, sources
         "identity_psnr": identity,
         "pytorch_psnr_vs_target": torch_vs_target,
         "fp32": {"path": str(fp32_path), "size_kb": fp32_path.stat().st_size / 1024,
-                 **compare(torch_out, fp32_out, targets)},
+                 **parity(torch_out, fp32_out, targets)},
         "int8": {"path": str(int8_path), "size_kb": int8_path.stat().st_size / 1024,
-                 **compare(torch_out, int8_out, targets)},
+                 **parity(torch_out, int8_out, targets)},
     }  # fmt: skip
     report["int8"]["drop_db_vs_pytorch"] = torch_vs_target - report["int8"]["psnr_vs_target"]
     sessions = {"fp32": (fp32_session, fp32_out), "int8": (int8_session, int8_out)}

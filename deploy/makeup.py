@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import from_uint8, load_checkpoint, to_uint8
+from common import from_uint8, load_checkpoint, psnr, to_uint8
 from data.io import resize_rgb
 from models.tinybeauty import load_tinybeauty
 
@@ -32,10 +32,11 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.M
 INTENSITY_RANGE = (0.0, 1.5)  # 0: the face unchanged; 1: the model's makeup; above 1: stronger
 
 
-def check_intensity(value: float) -> float:
+def check_intensity(value: float, what: str = "intensity") -> float:
+    """`value` if it lies in INTENSITY_RANGE, else a ValueError naming `what` (e.g. "intensity lips")."""
     low, high = INTENSITY_RANGE
     if not low <= value <= high:  # also rejects nan
-        raise ValueError(f"intensity must be between {low:g} and {high:g} (1 is the trained makeup), got {value:g}")
+        raise ValueError(f"{what} must be between {low:g} and {high:g} (1 is the trained makeup), got {value:g}")
     return float(value)
 
 
@@ -43,6 +44,17 @@ def blend(face: torch.Tensor, makeup: torch.Tensor, intensity: float | torch.Ten
     """clamp(face + intensity x (makeup - face), -1, 1), written as makeup x intensity + face x (1 - intensity)
     so that intensity 0 gives `face` and 1 gives `makeup` bit for bit (tinybeauty_export builds the same graph)."""
     return (makeup * intensity + face * (1 - intensity)).clamp(-1.0, 1.0)
+
+
+def parity(reference: np.ndarray, other: np.ndarray, target: np.ndarray) -> dict:
+    """An export's output (`other`) against PyTorch's (`reference`) and the targets, all (N, 3, S, S) in
+    [-1, 1]: max abs error, mean PSNR against PyTorch (capped at 100 dB) and against the targets."""
+    ref, oth, tgt = (torch.from_numpy(np.asarray(a, np.float32)) for a in (reference, other, target))
+    return {
+        "max_abs_error": float((ref - oth).abs().max()),
+        "psnr_vs_pytorch": float(psnr(oth, ref).clamp_max(100).mean()),
+        "psnr_vs_target": float(psnr(oth, tgt).mean()),
+    }
 
 
 @torch.no_grad()

@@ -35,9 +35,7 @@ import argparse
 import contextlib
 import io
 import json
-import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,13 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write, atomic_write_text, load_checkpoint
-from deploy.makeup import blend
+from common import atomic_write, atomic_write_dir, atomic_write_text, load_checkpoint, psnr
+from deploy.makeup import blend, parity
+from deploy.mobile_env import PHONE_FORMATS
 from deploy.phone_model import UnitMakeup, phone_model
 from models.tinybeauty import load_tinybeauty
 
-log = logging.getLogger("tinybeauty.mobile")
-FORMATS = ("tflite", "coreml")
 TFLITE_FILES = {"fp32": "tinybeauty_fp32.tflite", "int8": "tinybeauty_int8.tflite"}
 COREML_FILE = "tinybeauty.mlpackage"
 SIGNATURE = "serving_default"
@@ -61,12 +58,6 @@ CALIBRATION_INTENSITIES = (0.0, 0.5, 1.0, 1.5)
 NEURAL_ENGINE_OPS = frozenset({"const", "cast", "conv", "relu", "max_pool", "pixel_shuffle", "concat", "add",
                                "mul", "sub", "clip", "transpose", "reshape", "real_div"})  # fmt: skip
 MAX_FP32_DROP_DB, MAX_INT8_DROP_DB, INT8_LIMIT_KB = 0.1, 0.3, 100.0
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB of arrays in [-1, 1] (peak-to-peak 2), capped at 100 for identical images."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(axis=1)
-    return np.where(mse > 0, 10 * np.log10(4.0 / np.maximum(mse, 1e-30)), 100.0)
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:
@@ -93,7 +84,7 @@ def short_names(buffer: bytes) -> bytes:
 
 
 def quiet():
-    """Silence the converters' progress lines on stdout (they go to the log at debug level instead)."""
+    """Swallow the converters' progress lines on stdout (they would bury this module's report)."""
     return contextlib.redirect_stdout(io.StringIO())
 
 
@@ -232,12 +223,12 @@ def check_tflite(paths: dict, model: torch.nn.Module, sources: np.ndarray, targe
     with torch.no_grad():
         x = torch.from_numpy(sources)
         reference = {level: blend(x, model(x), level).numpy() for level in (1.0, 0.5)}
-    torch_vs_target = float(psnr_db(reference[1.0], targets).mean())
+    torch_vs_target = float(psnr(torch.from_numpy(reference[1.0]), torch.from_numpy(targets)).mean())
     report: dict = {"pytorch_psnr_vs_target": torch_vs_target}
     for precision, path in paths.items():
         run = TFLiteRunner(path)
         out, half, zero = run(sources, 1.0), run(sources, 0.5), run(sources, 0.0)
-        vs_target = float(psnr_db(out, targets).mean())
+        at_half = parity(reference[0.5], half, targets)
         zero_levels = np.abs(np.rint((zero + 1) * 127.5) - np.rint((sources + 1) * 127.5))
         report[precision] = {
             "path": str(path),
@@ -246,18 +237,16 @@ def check_tflite(paths: dict, model: torch.nn.Module, sources: np.ndarray, targe
             # int8: (scale, zero point) of the image in and out; (1/255, -128) is `pixel - 128` both ways
             "source_quantization": [float(v) for v in run.inputs["source"]["quantization"]],
             "makeup_quantization": [float(v) for v in run.outputs["makeup"]["quantization"]],
-            "max_abs_error": float(np.abs(out - reference[1.0]).max()),
-            "psnr_vs_pytorch": float(psnr_db(out, reference[1.0]).mean()),
-            "psnr_vs_target": vs_target,
-            "drop_db_vs_pytorch": torch_vs_target - vs_target,
-            "max_abs_error_at_0.5_vs_pytorch": float(np.abs(half - reference[0.5]).max()),
-            "psnr_at_0.5_vs_pytorch": float(psnr_db(half, reference[0.5]).mean()),
+            **parity(reference[1.0], out, targets),
+            "max_abs_error_at_0.5_vs_pytorch": at_half["max_abs_error"],
+            "psnr_at_0.5_vs_pytorch": at_half["psnr_vs_pytorch"],
             "max_abs_error_at_0_vs_source": float(np.abs(zero - sources).max()),
             "uint8_levels_at_0_vs_source": {
                 "max": int(zero_levels.max()),
                 "share_equal": float((zero_levels == 0).mean()),
             },  # fmt: skip
         }
+        report[precision]["drop_db_vs_pytorch"] = torch_vs_target - report[precision]["psnr_vs_target"]
     return report
 
 
@@ -287,14 +276,7 @@ def convert_coreml(model: torch.nn.Module, size: int, out: Path) -> Path:
                              convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
                              minimum_deployment_target=ct.target.iOS16)  # fmt: skip
     mlmodel.short_description = "TinyBeauty makeup: RGB face in, RGB face with makeup out (intensity 0-1.5, default 1)"
-    path = out / COREML_FILE
-    with tempfile.TemporaryDirectory(dir=out) as tmp:  # an .mlpackage is a folder: write it whole, then rename
-        staged = Path(tmp) / COREML_FILE
-        mlmodel.save(str(staged))
-        if path.exists():
-            shutil.rmtree(path)
-        staged.rename(path)
-    return path
+    return atomic_write_dir(out / COREML_FILE, lambda staged: mlmodel.save(str(staged)))
 
 
 def check_coreml(path: Path, size: int) -> dict:
@@ -401,12 +383,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--faces", required=True, type=Path, help="calibration, sources, targets (.npz)")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--formats", default=",".join(FORMATS), help="tflite, coreml or both, comma-separated")
+    parser.add_argument("--formats", default=",".join(PHONE_FORMATS), help="tflite, coreml or both, comma-separated")
     args = parser.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
-    unknown = sorted(set(formats) - set(FORMATS))
+    unknown = sorted(set(formats) - set(PHONE_FORMATS))
     if unknown:
-        raise SystemExit(f"error: unknown phone format {', '.join(unknown)}; valid: {', '.join(FORMATS)}")
+        raise SystemExit(f"error: unknown phone format {', '.join(unknown)}; valid: {', '.join(PHONE_FORMATS)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     report = export_phone(args.checkpoint, args.faces, args.out, formats)
     print(json.dumps(report["checks"]))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from deploy.makeup import INTENSITY_RANGE
+from deploy.makeup import INTENSITY_RANGE, check_intensity
 
 REGIONS = ("lips", "eyes", "skin")
 PARSE_SIZE = 256  # the crop is parsed at this side (FaceMesh itself runs at 192): the same map at any model size
@@ -63,7 +63,7 @@ class RegionIntensity:
 
 
 def _level(value, name: str | None, where: str) -> float:
-    low, high = INTENSITY_RANGE
+    high = INTENSITY_RANGE[1]
     what = f"{name}=" if name else ""
     try:
         if isinstance(value, bool):
@@ -74,10 +74,7 @@ def _level(value, name: str | None, where: str) -> float:
             f"{where}: {what}{value!r} is not a number (0 to {high:g}; one for every region, or "
             f"REGION=NUMBER,... with REGION one of {', '.join(REGIONS)})"
         ) from None
-    if not low <= level <= high:  # also rejects nan
-        region = f" {name}" if name else ""
-        raise ValueError(f"{where}{region} must be between {low:g} and {high:g} (1 is the trained makeup), got {value}")
-    return level
+    return check_intensity(level, f"{where} {name}" if name else where)
 
 
 def parse_intensity(value, where: str = "intensity") -> RegionIntensity:

@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO_ROOT, atomic_write, atomic_write_text
+from common import REPO_ROOT, atomic_write, atomic_write_dir, atomic_write_text
 from errors import InputError
 
 STYLES_ENV = "TINYBEAUTY_STYLES"
@@ -168,11 +168,7 @@ def write_style(folder: str | os.PathLike, fp32: Path, int8: Path, card: str, me
     for kind, source in (phone or {}).items():
         target = folder / PHONE_FILES[kind]
         if Path(source).is_dir():
-            staged = folder / f".{target.name}.tmp"
-            shutil.rmtree(staged, ignore_errors=True)
-            shutil.copytree(source, staged)
-            shutil.rmtree(target, ignore_errors=True)
-            staged.rename(target)
+            atomic_write_dir(target, lambda staged, source=source: shutil.copytree(source, staged))
         else:
             atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     atomic_write_text(folder / CARD, card)
